@@ -1,0 +1,169 @@
+//! Command-line flags (`rollout-host --help`).
+
+use crate::server::ServerConfig;
+use crate::trainer::RetryPolicy;
+use clap::{Parser, ValueEnum};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Serve the Remote Rollout protocol with an agent loop compiled to a
+/// WebAssembly component. Every flag can also be set with the environment
+/// variable shown.
+#[derive(Debug, Parser)]
+#[command(name = "rollout-host", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The agent plugin: a wasm component built against wit/rollout.wit.
+    #[arg(long, env = "ROLLOUT_PLUGIN", value_name = "PATH")]
+    pub plugin: PathBuf,
+
+    /// Address to bind.
+    #[arg(
+        short = 'H',
+        long,
+        env = "ROLLOUT_SERVER_HOST",
+        default_value = "0.0.0.0"
+    )]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free one; the log says which).
+    #[arg(short = 'p', long, env = "ROLLOUT_SERVER_PORT", default_value_t = 9000)]
+    pub port: u16,
+
+    /// Debug log directory: each rollout's log-events go to
+    /// DIR/<server-start-unix-time>/<rollout_id>.jsonl. Off when unset.
+    #[arg(long = "log", env = "ROLLOUT_DEBUG_DIR", value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+
+    /// Require `Authorization: Bearer KEY` on init and /platform/health.
+    #[arg(
+        long,
+        env = "ROLLOUT_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+
+    /// Rollouts whose agent runs at once; more wait for a slot.
+    #[arg(long, env = "ROLLOUT_MAX_CONCURRENT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent: u32,
+
+    /// Accepted rollouts that may wait for a slot; beyond that, init answers 429 with Retry-After.
+    #[arg(long, env = "ROLLOUT_MAX_QUEUED", default_value_t = 1000)]
+    pub max_queued: u32,
+
+    /// Seconds a finished rollout's init answer is kept for duplicate inits.
+    #[arg(long, env = "ROLLOUT_RECORD_TTL", default_value = "3600", value_name = "SECS", value_parser = seconds)]
+    pub record_ttl: Duration,
+
+    /// Per-attempt timeout of a chat call to the trainer, in seconds.
+    #[arg(long, env = "ROLLOUT_CHAT_TIMEOUT", default_value = "300", value_name = "SECS", value_parser = seconds)]
+    pub chat_timeout: Duration,
+
+    /// Retries of a chat call after 5xx, timeouts and transport errors (4xx is never retried).
+    #[arg(long, env = "ROLLOUT_CHAT_RETRIES", default_value_t = 3)]
+    pub chat_retries: u32,
+
+    /// Retries of the completion callback after 5xx, timeouts and transport errors.
+    #[arg(long, env = "ROLLOUT_COMPLETION_RETRIES", default_value_t = 2)]
+    pub completion_retries: u32,
+
+    /// First retry delay in seconds; doubles per attempt up to --retry-max-delay.
+    #[arg(long, env = "ROLLOUT_RETRY_BASE_DELAY", default_value = "1", value_name = "SECS", value_parser = seconds)]
+    pub retry_base_delay: Duration,
+
+    /// Longest retry delay in seconds.
+    #[arg(long, env = "ROLLOUT_RETRY_MAX_DELAY", default_value = "30", value_name = "SECS", value_parser = seconds)]
+    pub retry_max_delay: Duration,
+
+    /// Most linear memory one rollout's plugin instance may use, in MiB.
+    #[arg(long, env = "ROLLOUT_MAX_MEMORY_MIB", default_value_t = 256, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_memory_mib: u32,
+
+    /// On SIGTERM/SIGINT, seconds to let running rollouts finish before
+    /// ending them with an ERROR callback.
+    #[arg(long, env = "ROLLOUT_SHUTDOWN_GRACE", default_value = "30", value_name = "SECS", value_parser = seconds)]
+    pub shutdown_grace: Duration,
+
+    /// Log format on stderr (level filter: RUST_LOG, default info).
+    #[arg(long, env = "ROLLOUT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Init bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+/// The reference's metadata limit.
+pub const METADATA_LIMIT: usize = 1 << 20;
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("'{text}' is not a non-negative number of seconds"))
+}
+
+impl Cli {
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            plugin: self.plugin.clone(),
+            bind: SocketAddr::new(self.host, self.port),
+            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
+            debug_dir: self.log_dir.clone(),
+            max_concurrent: self.max_concurrent as usize,
+            max_queued: self.max_queued as usize,
+            record_ttl: self.record_ttl,
+            retry: RetryPolicy {
+                chat_timeout: self.chat_timeout,
+                chat_retries: self.chat_retries,
+                completion_retries: self.completion_retries,
+                base_delay: self.retry_base_delay,
+                max_delay: self.retry_max_delay,
+                ..RetryPolicy::default()
+            },
+            max_memory_bytes: (self.max_memory_mib as usize) << 20,
+            max_body_bytes: MAX_BODY_BYTES,
+            metadata_limit: METADATA_LIMIT,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse() {
+        Cli::command_debug_assert();
+        let cli = Cli::try_parse_from([
+            "rollout-host",
+            "--plugin",
+            "x.wasm",
+            "-p",
+            "8080",
+            "--retry-base-delay",
+            "0.05",
+        ])
+        .unwrap();
+        assert_eq!(cli.port, 8080);
+        assert_eq!(cli.retry_base_delay, Duration::from_millis(50));
+        assert!(
+            Cli::try_parse_from(["rollout-host", "--plugin", "x", "--chat-timeout", "-1"]).is_err()
+        );
+    }
+
+    impl Cli {
+        fn command_debug_assert() {
+            use clap::CommandFactory;
+            Cli::command().debug_assert();
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! rollout-host: a Remote Rollout server that runs agent loops as sandboxed
+//! WebAssembly components.
+//!
+//! One module per job:
+//! - [`protocol`]: the v1 wire format (init validation, response bodies);
+//! - [`server`]: the HTTP endpoints, auth and admission;
+//! - [`idempotency`]: duplicate inits share one answer and one run;
+//! - [`rollout`]: one accepted rollout, from `run` to its one callback;
+//! - [`trainer`]: calls to the trainer (chat, completion callback, retries);
+//! - [`runtime`]: wasmtime engine, plugin loading, host functions;
+//! - [`debug_log`]: the per-rollout `.jsonl` debug log;
+//! - [`cli`]: command-line flags.
+
+pub mod cli;
+pub mod debug_log;
+pub mod idempotency;
+pub mod protocol;
+pub mod rollout;
+pub mod runtime;
+pub mod server;
+pub mod trainer;

@@ -1,0 +1,121 @@
+//! One accepted rollout, from its slot to its single terminal callback.
+//!
+//! Whatever the agent does (completes, errors, traps, returns without
+//! completing) or the server does (shuts down), the trainer receives exactly
+//! one `POST /v1/rollout/completed`.
+
+use crate::protocol::{RolloutRequest, RolloutResponse, RolloutStatus};
+use crate::runtime::{Instance, Plugin, RolloutHost, WitRolloutRequest};
+use crate::server::App;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tracing::Instrument;
+
+const SHUTDOWN_MESSAGE: &str = "rollout-host shut down before the rollout finished";
+
+/// Runs the agent and sends the callback. `_plugin` keeps the plugin the
+/// rollout started with alive until it ends.
+pub async fn run(
+    app: Arc<App>,
+    key: String,
+    request: RolloutRequest,
+    wit_request: WitRolloutRequest,
+    mut instance: Instance,
+    _plugin: Arc<Plugin>,
+) {
+    let span = tracing::info_span!("rollout", rollout_id = %request.rollout_id);
+    async move {
+        let outcome = tokio::select! {
+            biased;
+            _ = app.shutdown.cancelled() => Err(SHUTDOWN_MESSAGE.to_owned()),
+            outcome = async {
+                let _slot = app.slots.acquire().await;
+                let started = Instant::now();
+                (instance.run(&wit_request).await, started)
+            } => Ok(outcome),
+        };
+        let (outcome, started) = match outcome {
+            Ok((outcome, started)) => (outcome, started),
+            Err(message) => (Err(message), Instant::now()),
+        };
+        let response = build_response(&request.rollout_id, instance.into_host(), outcome, started);
+        match response.status {
+            RolloutStatus::Completed => tracing::info!(
+                finish_reason = %response.finish_reason,
+                reward = ?response.reward,
+                "rollout completed"
+            ),
+            RolloutStatus::Error => {
+                tracing::warn!(error = ?response.error_message, "rollout failed")
+            }
+        }
+        match app
+            .trainer
+            .complete(&request.server_url, request.api_key.as_deref(), &response)
+            .await
+        {
+            Ok(status) => tracing::debug!(%status, "completion delivered"),
+            Err(e) => tracing::error!(error = %e, "completion callback not delivered"),
+        }
+        app.idempotency.finish(&key);
+        app.stats.completed.fetch_add(1, Ordering::Relaxed);
+        app.stats.active.fetch_sub(1, Ordering::AcqRel);
+    }
+    .instrument(span)
+    .await
+}
+
+/// The callback body: the agent's completion if it made one, else an
+/// ERROR saying what happened, with the history so far.
+fn build_response(
+    rollout_id: &str,
+    host: RolloutHost,
+    outcome: Result<(), String>,
+    started: Instant,
+) -> RolloutResponse {
+    let mut metrics = host.metrics;
+    match host.completion {
+        Some(c) => {
+            if let Err(e) = &outcome {
+                tracing::warn!(error = %e, "plugin failed after complete; its completion stands");
+            }
+            metrics.num_tool_calls = c.num_tool_calls;
+            metrics.tool_latency_ms = c.tool_latency_ms;
+            metrics.total_latency_ms =
+                c.at.saturating_duration_since(started).as_secs_f64() * 1000.0;
+            RolloutResponse {
+                rollout_id: rollout_id.to_owned(),
+                status: c.status,
+                final_messages: c.final_messages,
+                finish_reason: c.finish_reason,
+                error_message: c.error_message,
+                reward: c.reward,
+                metrics,
+                extra_fields: c.extra_fields,
+            }
+        }
+        None => {
+            metrics.total_latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let error = match outcome {
+                Ok(()) => "plugin returned without calling complete".to_owned(),
+                Err(e) => e,
+            };
+            let final_messages = if host.history.is_empty() {
+                host.request_messages
+            } else {
+                host.history
+            };
+            RolloutResponse {
+                rollout_id: rollout_id.to_owned(),
+                status: RolloutStatus::Error,
+                final_messages,
+                finish_reason: "error".to_owned(),
+                error_message: Some(error),
+                reward: None,
+                metrics,
+                extra_fields: Default::default(),
+            }
+        }
+    }
+}

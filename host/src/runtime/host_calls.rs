@@ -1,0 +1,200 @@
+//! The guest's only ways out: `chat`, `log-event`, `debug-log-enabled` and
+//! `complete` (WIT interface `osmosis:rollout/host`).
+
+use super::bindings::osmosis::rollout::host::Host;
+use super::bindings::osmosis::rollout::types::{
+    self as wit, ChatError, ChatRequest, ChatResponse, CompleteError, HttpError, Usage,
+};
+use super::state::{Completion, RolloutHost, StoreState};
+use crate::protocol::RolloutStatus;
+use crate::trainer::{TrainerError, chat_body};
+use serde_json::{Map, Value};
+use std::time::Instant;
+
+impl wit::Host for StoreState {}
+
+impl Host for StoreState {
+    async fn chat(
+        &mut self,
+        request: ChatRequest,
+    ) -> wasmtime::Result<Result<ChatResponse, ChatError>> {
+        Ok(self.host.chat(request).await)
+    }
+
+    async fn log_event(&mut self, event: String, data: String) -> wasmtime::Result<()> {
+        self.host.log_event(&event, &data);
+        Ok(())
+    }
+
+    async fn debug_log_enabled(&mut self) -> wasmtime::Result<bool> {
+        Ok(self.host.debug_log.is_some())
+    }
+
+    async fn complete(
+        &mut self,
+        completion: wit::Completion,
+    ) -> wasmtime::Result<Result<(), CompleteError>> {
+        Ok(self.host.complete(completion))
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> ChatError {
+    ChatError::InvalidRequest(msg.into())
+}
+
+/// A JSON array of message objects, or why not.
+fn parse_messages(text: &str, what: &str) -> Result<Vec<Value>, String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(items)) if items.iter().all(Value::is_object) => Ok(items),
+        Ok(_) => Err(format!("{what} must be a JSON array of message objects")),
+        Err(e) => Err(format!("{what} is not valid JSON: {e}")),
+    }
+}
+
+fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(format!("{what} must be a JSON object")),
+        Err(e) => Err(format!("{what} is not valid JSON: {e}")),
+    }
+}
+
+impl RolloutHost {
+    async fn chat(&mut self, request: ChatRequest) -> Result<ChatResponse, ChatError> {
+        if self.completion.is_some() {
+            return Err(invalid("chat called after complete"));
+        }
+        let Some(trainer) = self.trainer.clone() else {
+            return Err(invalid("chat is not available outside a rollout"));
+        };
+        let messages = parse_messages(&request.messages, "messages").map_err(invalid)?;
+        let params = match &request.params {
+            Some(text) => parse_object(text, "params").map_err(invalid)?,
+            None => self.completion_params.clone(),
+        };
+        self.check_append_only(&messages)?;
+
+        let body = serde_json::to_vec(&chat_body(&messages, &params, &self.rollout_id))
+            .map_err(|e| invalid(format!("cannot encode the chat request: {e}")))?;
+        let started = Instant::now();
+        let result = trainer
+            .client
+            .chat(&trainer.server_url, trainer.api_key.as_deref(), body.into())
+            .await;
+        self.metrics.llm_latency_ms += started.elapsed().as_secs_f64() * 1000.0;
+        let completion = result.map_err(|e| {
+            tracing::warn!(error = %e, "chat failed");
+            chat_error(e)
+        })?;
+
+        let m = &mut self.metrics;
+        m.num_llm_calls += 1;
+        m.prompt_tokens += completion.prompt_tokens;
+        m.response_tokens += completion.completion_tokens;
+        m.max_context_tokens = m.max_context_tokens.max(completion.total_tokens);
+        let message = completion.message.to_string();
+        self.history = messages;
+        self.history.push(completion.message);
+        Ok(ChatResponse {
+            message,
+            finish_reason: completion.finish_reason,
+            usage: Usage {
+                prompt_tokens: completion.prompt_tokens,
+                completion_tokens: completion.completion_tokens,
+                total_tokens: completion.total_tokens,
+            },
+            token_ids: completion.token_ids,
+            prompt_token_ids: completion.prompt_token_ids,
+            logprobs: completion.logprobs.map(|v| v.to_string()),
+        })
+    }
+
+    /// Each call's messages must start with the previous call's messages and
+    /// its reply: the trainer lines up token ids on that.
+    fn check_append_only(&self, messages: &[Value]) -> Result<(), ChatError> {
+        let prev = &self.history;
+        if messages.len() < prev.len() {
+            return Err(invalid(format!(
+                "history is not append-only: {} messages, but the previous call's history plus its reply had {}",
+                messages.len(),
+                prev.len()
+            )));
+        }
+        if let Some(i) = prev.iter().zip(messages).position(|(a, b)| a != b) {
+            return Err(invalid(format!(
+                "history is not append-only: message {i} differs from the one the previous call sent or received"
+            )));
+        }
+        Ok(())
+    }
+
+    fn log_event(&mut self, event: &str, data: &str) {
+        let Some(log) = &mut self.debug_log else {
+            return;
+        };
+        let value = serde_json::from_str(data).unwrap_or_else(|_| Value::String(data.to_owned()));
+        if let Err(e) = log.write(event, value) {
+            tracing::warn!(error = %e, "cannot write debug log");
+        }
+    }
+
+    fn complete(&mut self, c: wit::Completion) -> Result<(), CompleteError> {
+        if self.completion.is_some() {
+            return Err(CompleteError::AlreadyCompleted);
+        }
+        let final_messages =
+            parse_messages(&c.final_messages, "final-messages").map_err(CompleteError::Invalid)?;
+        let extra_fields = match &c.extra_fields {
+            Some(text) => parse_object(text, "extra-fields").map_err(CompleteError::Invalid)?,
+            None => Map::new(),
+        };
+        if c.reward.is_some_and(|r| !r.is_finite()) {
+            return Err(CompleteError::Invalid(
+                "reward must be a finite number".into(),
+            ));
+        }
+        let status = match c.status {
+            wit::RolloutStatus::Completed => RolloutStatus::Completed,
+            wit::RolloutStatus::Error => RolloutStatus::Error,
+        };
+        if status == RolloutStatus::Completed && !final_messages.starts_with(&self.request_messages)
+        {
+            return Err(CompleteError::Invalid(
+                "final-messages must start with the request's messages".into(),
+            ));
+        }
+        let error_message = match status {
+            RolloutStatus::Error => Some(
+                c.error_message
+                    .unwrap_or_else(|| "the agent reported an error".into()),
+            ),
+            RolloutStatus::Completed => None,
+        };
+        self.completion = Some(Completion {
+            status,
+            final_messages,
+            finish_reason: c.finish_reason,
+            error_message,
+            reward: c.reward,
+            extra_fields,
+            num_tool_calls: c.tool_metrics.num_tool_calls.into(),
+            tool_latency_ms: c.tool_metrics.tool_latency_ms.max(0.0),
+            at: Instant::now(),
+        });
+        Ok(())
+    }
+}
+
+fn chat_error(e: TrainerError) -> ChatError {
+    match e {
+        TrainerError::Transport(m) => ChatError::Transport(m),
+        TrainerError::Timeout(m) => ChatError::Timeout(m),
+        TrainerError::Rejected { status, body } => {
+            ChatError::TrainerRejected(HttpError { status, body })
+        }
+        TrainerError::Failed { status, body } => {
+            ChatError::TrainerFailed(HttpError { status, body })
+        }
+        TrainerError::BadResponse(m) => ChatError::BadResponse(m),
+    }
+}

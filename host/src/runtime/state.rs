@@ -1,0 +1,150 @@
+//! Per-instance store data: WASI context, resource table, limits, and the
+//! host's own per-rollout state that the host functions work on.
+
+use super::guest_io::{GuestOutput, Stream};
+use crate::debug_log::RolloutLog;
+use crate::protocol::{Metrics, RolloutStatus};
+use crate::trainer::TrainerClient;
+use serde_json::{Map, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+
+/// Where this rollout's chat calls go.
+#[derive(Debug, Clone)]
+pub struct TrainerLink {
+    pub client: TrainerClient,
+    /// Base URL, trailing `/` stripped.
+    pub server_url: String,
+    pub api_key: Option<String>,
+}
+
+/// The agent's accepted `complete` call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub status: RolloutStatus,
+    pub final_messages: Vec<Value>,
+    pub finish_reason: String,
+    pub error_message: Option<String>,
+    pub reward: Option<f64>,
+    pub extra_fields: Map<String, Value>,
+    pub num_tool_calls: u64,
+    pub tool_latency_ms: f64,
+    /// When `complete` was called (for total_latency_ms).
+    pub at: Instant,
+}
+
+/// The host's view of one rollout, owned by its store.
+#[derive(Debug)]
+pub struct RolloutHost {
+    pub rollout_id: Arc<str>,
+    pub trainer: Option<TrainerLink>,
+    /// The init request's messages (COMPLETED final_messages must start with them).
+    pub request_messages: Vec<Value>,
+    pub completion_params: Map<String, Value>,
+    /// The last chat call's messages plus its reply: the next call must
+    /// start with exactly these (append-only history).
+    pub history: Vec<Value>,
+    /// LLM-side metrics measured by the host.
+    pub metrics: Metrics,
+    pub completion: Option<Completion>,
+    pub debug_log: Option<RolloutLog>,
+    /// The end of the guest's stderr, to explain a trap.
+    pub stderr_tail: Arc<Mutex<Vec<u8>>>,
+}
+
+impl RolloutHost {
+    pub fn new(
+        rollout_id: &str,
+        trainer: TrainerLink,
+        request_messages: Vec<Value>,
+        completion_params: Map<String, Value>,
+        debug_log: Option<RolloutLog>,
+    ) -> Self {
+        Self {
+            rollout_id: rollout_id.into(),
+            trainer: Some(trainer),
+            history: Vec::new(),
+            request_messages,
+            completion_params,
+            metrics: Metrics::default(),
+            completion: None,
+            debug_log,
+            stderr_tail: Arc::default(),
+        }
+    }
+
+    /// A rollout-less context (start-up checks): `chat` is refused.
+    pub fn detached(label: &str) -> Self {
+        Self {
+            rollout_id: label.into(),
+            trainer: None,
+            request_messages: Vec::new(),
+            completion_params: Map::new(),
+            history: Vec::new(),
+            metrics: Metrics::default(),
+            completion: None,
+            debug_log: None,
+            stderr_tail: Arc::default(),
+        }
+    }
+
+    /// The guest's last stderr line that looks like a panic message.
+    pub fn panic_message(&self) -> Option<String> {
+        let tail = self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
+        let text = String::from_utf8_lossy(&tail);
+        let start = text.rfind("panicked at")?;
+        let message: Vec<&str> = text[start..].lines().take(2).collect();
+        Some(message.join(": ").trim_end_matches(':').to_owned())
+    }
+}
+
+/// The `T` of `Store<T>`.
+pub struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    pub(super) host: RolloutHost,
+}
+
+impl StoreState {
+    pub fn new(host: RolloutHost, max_memory_bytes: usize) -> Self {
+        let tail = host.stderr_tail.clone();
+        let id = host.rollout_id.clone();
+        // No preopened directories, no environment, no arguments, no
+        // sockets, empty stdin: clocks and randomness only.
+        let wasi = WasiCtx::builder()
+            .stdout(GuestOutput::new(id.clone(), Stream::Stdout, tail.clone()))
+            .stderr(GuestOutput::new(id, Stream::Stderr, tail))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(max_memory_bytes)
+            .instances(64)
+            .tables(64)
+            .memories(8)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            host,
+        }
+    }
+
+    pub fn into_host(self) -> RolloutHost {
+        self.host
+    }
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! `POST /v1/rollout/init`: auth, body cap, validation, idempotency,
+//! admission, `get-tools`, then the run in the background and 202.
+
+use super::{App, auth, json_error};
+use crate::idempotency::{self, Claim, InitOutcome, Ticket};
+use crate::protocol::{InitResponse, RolloutRequest, Tool, parse_init_request};
+use crate::rollout;
+use crate::runtime::{RolloutHost, TrainerLink, WitRolloutRequest};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+pub async fn init(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    if let Some(key) = &app.api_key
+        && !auth::authorized(key, &headers)
+    {
+        return json_error(StatusCode::UNAUTHORIZED, "Invalid or missing API key");
+    }
+    let bytes = match axum::body::to_bytes(body, app.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body is larger than {} bytes", app.max_body_bytes),
+            );
+        }
+    };
+    let request = match parse_init_request(&bytes, app.metadata_limit) {
+        Ok(r) => r,
+        Err(errors) => {
+            tracing::info!(errors = %errors, "init rejected");
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                axum::Json(errors.to_body()),
+            )
+                .into_response();
+        }
+    };
+    let outcome = match app.idempotency.claim(request.idempotency_key()) {
+        Claim::Done(body) => InitOutcome::Accepted(body),
+        Claim::Wait(rx) => idempotency::wait(rx).await,
+        Claim::New(ticket) => {
+            // In a task of its own, so a trainer that hangs up cannot leave
+            // the key half-claimed.
+            let task = tokio::spawn(accept(app.clone(), request, ticket));
+            task.await.unwrap_or_else(|e| InitOutcome::Failed {
+                status: 500,
+                body: error_body(&format!("init failed: {e}")),
+            })
+        }
+    };
+    respond(outcome)
+}
+
+fn respond(outcome: InitOutcome) -> Response {
+    let (status, body) = match outcome {
+        InitOutcome::Accepted(body) => (StatusCode::ACCEPTED, body),
+        InitOutcome::Failed { status, body } => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            body,
+        ),
+    };
+    let mut response = (
+        status,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn error_body(message: &str) -> Bytes {
+    Bytes::from(json!({ "detail": message }).to_string())
+}
+
+/// First request for its key: admit, instantiate, get tools, start the run.
+async fn accept(app: Arc<App>, request: RolloutRequest, ticket: Ticket) -> InitOutcome {
+    let outcome = admit_and_start(&app, request, ticket.key().to_owned()).await;
+    ticket.resolve(outcome.clone());
+    outcome
+}
+
+async fn admit_and_start(app: &Arc<App>, request: RolloutRequest, key: String) -> InitOutcome {
+    if app.shutdown.is_cancelled() || app.tasks.is_closed() {
+        return InitOutcome::Failed {
+            status: 503,
+            body: error_body("rollout-host is shutting down"),
+        };
+    }
+    // Reserve a place (running or queued) before doing any work.
+    let admitted = app
+        .stats
+        .active
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < app.capacity).then_some(n + 1)
+        })
+        .is_ok();
+    if !admitted {
+        tracing::warn!(rollout_id = %request.rollout_id, capacity = app.capacity, "init refused: server full");
+        return InitOutcome::Failed {
+            status: 429,
+            body: error_body(&format!(
+                "server is at capacity ({} rollouts running or queued); retry later",
+                app.capacity
+            )),
+        };
+    }
+    let release = || {
+        app.stats.active.fetch_sub(1, Ordering::AcqRel);
+    };
+
+    let wit_request = wit_request(&request);
+    let host = RolloutHost::new(
+        &request.rollout_id,
+        TrainerLink {
+            client: app.trainer.clone(),
+            server_url: request.server_url.clone(),
+            api_key: request.api_key.clone(),
+        },
+        request.messages.clone(),
+        request.completion_params.clone(),
+        app.debug_log
+            .as_ref()
+            .map(|log| log.rollout(&request.rollout_id)),
+    );
+    let plugin = app.plugin.clone();
+    let (instance, wit_tools) = match plugin.start(host, &wit_request).await {
+        Ok(started) => started,
+        Err(message) => {
+            release();
+            tracing::error!(rollout_id = %request.rollout_id, error = %message, "init failed");
+            return InitOutcome::Failed {
+                status: 500,
+                body: error_body(&message),
+            };
+        }
+    };
+    let mut tools = Vec::with_capacity(wit_tools.len());
+    for t in wit_tools {
+        match serde_json::from_str::<Value>(&t.parameters) {
+            Ok(parameters @ Value::Object(_)) => {
+                tools.push(Tool::function(t.name, t.description, parameters))
+            }
+            _ => {
+                release();
+                let message = format!(
+                    "plugin returned tool '{}' whose parameters are not a JSON object",
+                    t.name
+                );
+                tracing::error!(rollout_id = %request.rollout_id, error = %message, "init failed");
+                return InitOutcome::Failed {
+                    status: 500,
+                    body: error_body(&message),
+                };
+            }
+        }
+    }
+    let response = InitResponse {
+        rollout_id: request.rollout_id.clone(),
+        tools,
+    };
+    let body = match serde_json::to_vec(&response) {
+        Ok(b) => Bytes::from(b),
+        Err(e) => {
+            release();
+            return InitOutcome::Failed {
+                status: 500,
+                body: error_body(&format!("cannot encode the init response: {e}")),
+            };
+        }
+    };
+    tracing::info!(rollout_id = %request.rollout_id, "rollout accepted");
+    app.tasks.spawn(rollout::run(
+        app.clone(),
+        key,
+        request,
+        wit_request,
+        instance,
+        plugin,
+    ));
+    InitOutcome::Accepted(body)
+}
+
+fn wit_request(r: &RolloutRequest) -> WitRolloutRequest {
+    WitRolloutRequest {
+        rollout_id: r.rollout_id.clone(),
+        messages: Value::from(r.messages.clone()).to_string(),
+        completion_params: Value::from(r.completion_params.clone()).to_string(),
+        tool_server_url: r.tool_server_url.clone(),
+        max_turns: r.max_turns,
+        max_tokens_total: r.max_tokens_total,
+        metadata: Value::from(r.metadata.clone()).to_string(),
+    }
+}

@@ -1,0 +1,228 @@
+//! The HTTP side: routes, shared state, start-up and graceful shutdown.
+
+mod auth;
+mod health;
+mod init;
+
+use crate::debug_log::DebugLog;
+use crate::idempotency::IdempotencyStore;
+use crate::runtime::{LoadError, Plugin, Runtime, RuntimeConfig};
+use crate::trainer::{RetryPolicy, TrainerClient};
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Everything the server is configured with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub plugin: PathBuf,
+    pub bind: SocketAddr,
+    pub api_key: Option<String>,
+    pub debug_dir: Option<PathBuf>,
+    /// Rollouts whose agent runs at once.
+    pub max_concurrent: usize,
+    /// Accepted rollouts that may wait for a slot; beyond, init answers 429.
+    pub max_queued: usize,
+    /// How long a finished rollout's init answer is kept for duplicates.
+    pub record_ttl: Duration,
+    pub retry: RetryPolicy,
+    pub max_memory_bytes: usize,
+    /// Largest init body read.
+    pub max_body_bytes: usize,
+    pub metadata_limit: usize,
+    /// How long shutdown waits for running rollouts before ending them with
+    /// an ERROR callback.
+    pub shutdown_grace: Duration,
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create the debug log directory {dir}: {source}")]
+    DebugDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the HTTP client: {0}")]
+    Client(String),
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Counts of rollouts, for /health.
+#[derive(Default)]
+pub struct Stats {
+    /// Accepted and not yet finished (running or waiting for a slot).
+    pub active: AtomicUsize,
+    pub completed: AtomicU64,
+}
+
+/// State shared by all requests and rollouts.
+pub struct App {
+    pub plugin: Arc<Plugin>,
+    pub trainer: TrainerClient,
+    pub api_key: Option<String>,
+    pub debug_log: Option<DebugLog>,
+    pub idempotency: IdempotencyStore,
+    /// Slots for running agents (`--max-concurrent`).
+    pub slots: Semaphore,
+    /// Most rollouts accepted at once (running + queued).
+    pub capacity: usize,
+    pub stats: Stats,
+    pub max_body_bytes: usize,
+    pub metadata_limit: usize,
+    /// Rollout tasks, awaited at shutdown.
+    pub tasks: TaskTracker,
+    /// Cancelled when shutdown's grace period is over.
+    pub shutdown: CancellationToken,
+}
+
+/// Loads the plugin, binds, serves until SIGINT/SIGTERM, then drains.
+pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
+    let capacity = config.max_concurrent.saturating_add(config.max_queued);
+    let runtime = Arc::new(Runtime::new(RuntimeConfig {
+        max_memory_bytes: config.max_memory_bytes,
+        // Accepted rollouts hold an instance; inits in progress hold one too.
+        instance_slots: u32::try_from(capacity.saturating_add(64)).unwrap_or(u32::MAX),
+    })?);
+    let plugin = runtime.load(&config.plugin).await?;
+    tracing::info!(
+        plugin = %config.plugin.display(),
+        agent = plugin.name(),
+        allocator = ?runtime.allocator(),
+        "plugin loaded"
+    );
+    let debug_log = match &config.debug_dir {
+        None => None,
+        Some(dir) => {
+            let start = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let log = DebugLog::create(dir, start).map_err(|source| ServerError::DebugDir {
+                dir: dir.clone(),
+                source,
+            })?;
+            tracing::info!(dir = %log.dir().display(), "debug log enabled");
+            Some(log)
+        }
+    };
+    let trainer =
+        TrainerClient::new(config.retry.clone()).map_err(|e| ServerError::Client(e.to_string()))?;
+    let app = Arc::new(App {
+        plugin: Arc::new(plugin),
+        trainer,
+        api_key: config.api_key.clone(),
+        debug_log,
+        idempotency: IdempotencyStore::default(),
+        slots: Semaphore::new(config.max_concurrent.max(1)),
+        capacity,
+        stats: Stats::default(),
+        max_body_bytes: config.max_body_bytes,
+        metadata_limit: config.metadata_limit,
+        tasks: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(ServerError::Serve)?;
+    tracing::info!("listening on http://{local}");
+
+    let expiry = tokio::spawn(expire_records(app.idempotency.clone(), config.record_ttl));
+    axum::serve(listener, router(app.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(ServerError::Serve)?;
+    expiry.abort();
+    drain(&app, config.shutdown_grace).await;
+    Ok(())
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/rollout/init", post(init::init))
+        .route("/health", get(health::health))
+        .route("/platform/health", get(health::platform_health))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "Not Found") })
+        .method_not_allowed_fallback(|| async {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+        })
+        .with_state(app)
+}
+
+/// `{"detail": message}` with `status`, FastAPI's error shape.
+pub fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "detail": message }))).into_response()
+}
+
+async fn expire_records(store: IdempotencyStore, ttl: Duration) {
+    let period = ttl.clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let dropped = store.expire(ttl);
+        if dropped > 0 {
+            tracing::debug!(dropped, "expired idempotency records");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down: no new rollouts accepted");
+}
+
+/// Lets running rollouts finish for `grace`, then ends the rest; every one
+/// still sends its single callback.
+async fn drain(app: &App, grace: Duration) {
+    app.tasks.close();
+    let active = app.stats.active.load(Ordering::Relaxed);
+    if active > 0 {
+        tracing::info!(active, ?grace, "waiting for running rollouts");
+    }
+    if tokio::time::timeout(grace, app.tasks.wait()).await.is_err() {
+        tracing::warn!(
+            active = app.stats.active.load(Ordering::Relaxed),
+            "grace period over: ending remaining rollouts with an ERROR callback"
+        );
+        app.shutdown.cancel();
+        app.tasks.wait().await;
+    }
+}

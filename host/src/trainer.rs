@@ -1,0 +1,377 @@
+//! Calls to the trainer: `/v1/chat/completions` and `/v1/rollout/completed`,
+//! with the protocol's bearer token, timeouts and retry policy (§3).
+
+use crate::protocol::RolloutResponse;
+use bytes::Bytes;
+use reqwest::StatusCode;
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+/// Retry and timeout settings (reference defaults in `Default`).
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Per-attempt timeout of a chat call.
+    pub chat_timeout: Duration,
+    /// Per-attempt timeout of the completion callback.
+    pub callback_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Retries after the first chat attempt (5xx, timeouts, transport errors).
+    pub chat_retries: u32,
+    /// Retries after the first completion-callback attempt.
+    pub completion_retries: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            chat_timeout: Duration::from_secs(300),
+            callback_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(10),
+            chat_retries: 3,
+            completion_retries: 2,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// `min(base * 2^attempt, max)`.
+    fn delay(&self, attempt: u32) -> Duration {
+        self.base_delay
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max_delay)
+    }
+}
+
+/// Why a call to the trainer failed for good.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TrainerError {
+    #[error("trainer unreachable: {0}")]
+    Transport(String),
+    #[error("trainer timed out: {0}")]
+    Timeout(String),
+    /// 3xx or 4xx: final, not retried.
+    #[error("trainer rejected the request with HTTP {status}: {body}")]
+    Rejected { status: u16, body: String },
+    /// 5xx on every attempt.
+    #[error("trainer failed with HTTP {status}: {body}")]
+    Failed { status: u16, body: String },
+    #[error("unusable trainer response: {0}")]
+    BadResponse(String),
+}
+
+/// `choices[0]` of a chat completion, plus usage and token data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatCompletion {
+    pub message: Value,
+    pub finish_reason: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub token_ids: Option<Vec<u32>>,
+    pub prompt_token_ids: Option<Vec<u32>>,
+    pub logprobs: Option<Value>,
+}
+
+/// Largest trainer response body read (a chat completion with logprobs of a
+/// long answer is a few MiB).
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// How much of an error body is kept for the error message.
+const ERROR_BODY_CHARS: usize = 512;
+
+/// The one HTTP client of the server (pooled keep-alive connections).
+#[derive(Debug, Clone)]
+pub struct TrainerClient {
+    http: reqwest::Client,
+    policy: RetryPolicy,
+}
+
+impl TrainerClient {
+    pub fn new(policy: RetryPolicy) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(policy.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .user_agent(concat!("rollout-host/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { http, policy })
+    }
+
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// `POST {server_url}/v1/chat/completions` with `body`; retries 5xx,
+    /// timeouts and transport errors; 3xx/4xx are final.
+    pub async fn chat(
+        &self,
+        server_url: &str,
+        api_key: Option<&str>,
+        body: Bytes,
+    ) -> Result<ChatCompletion, TrainerError> {
+        let url = format!("{server_url}/v1/chat/completions");
+        let (_, bytes) = self
+            .post_with_retries(
+                &url,
+                api_key,
+                body,
+                self.policy.chat_timeout,
+                self.policy.chat_retries,
+            )
+            .await?;
+        parse_chat_completion(&bytes)
+    }
+
+    /// `POST {server_url}/v1/rollout/completed`; any 2xx is delivered.
+    pub async fn complete(
+        &self,
+        server_url: &str,
+        api_key: Option<&str>,
+        response: &RolloutResponse,
+    ) -> Result<StatusCode, TrainerError> {
+        let url = format!("{server_url}/v1/rollout/completed");
+        let body =
+            serde_json::to_vec(response).map_err(|e| TrainerError::BadResponse(e.to_string()))?;
+        let (status, _) = self
+            .post_with_retries(
+                &url,
+                api_key,
+                body.into(),
+                self.policy.callback_timeout,
+                self.policy.completion_retries,
+            )
+            .await?;
+        Ok(status)
+    }
+
+    async fn post_with_retries(
+        &self,
+        url: &str,
+        api_key: Option<&str>,
+        body: Bytes,
+        timeout: Duration,
+        retries: u32,
+    ) -> Result<(StatusCode, Bytes), TrainerError> {
+        let mut attempt = 0;
+        loop {
+            let err = match self.post_once(url, api_key, body.clone(), timeout).await {
+                Ok(ok) => return Ok(ok),
+                Err(e @ (TrainerError::Rejected { .. } | TrainerError::BadResponse(_))) => {
+                    return Err(e);
+                }
+                Err(e) => e,
+            };
+            if attempt >= retries {
+                return Err(err);
+            }
+            let delay = self.policy.delay(attempt);
+            tracing::warn!(%url, attempt = attempt + 1, error = %err, ?delay, "trainer call failed, retrying");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn post_once(
+        &self,
+        url: &str,
+        api_key: Option<&str>,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), TrainerError> {
+        let mut request = self
+            .http
+            .post(url)
+            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(key) = api_key {
+            request = request.bearer_auth(key);
+        }
+        let mut response = request.send().await.map_err(classify)?;
+        let status = response.status();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(classify)? {
+            if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(TrainerError::BadResponse(format!(
+                    "response body larger than {MAX_RESPONSE_BYTES} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let body_text = || {
+            let text = String::from_utf8_lossy(&bytes);
+            text.chars().take(ERROR_BODY_CHARS).collect::<String>()
+        };
+        match status.as_u16() {
+            200..=299 => Ok((status, bytes.into())),
+            500..=599 => Err(TrainerError::Failed {
+                status: status.as_u16(),
+                body: body_text(),
+            }),
+            code => Err(TrainerError::Rejected {
+                status: code,
+                body: body_text(),
+            }),
+        }
+    }
+}
+
+fn classify(e: reqwest::Error) -> TrainerError {
+    let text = error_chain(&e);
+    if e.is_timeout() {
+        TrainerError::Timeout(text)
+    } else {
+        TrainerError::Transport(text)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Builds the chat request body: the reference's defaults, the agent's
+/// parameters (all forwarded, `stop` as a list) and the routing `rollout_id`.
+pub fn chat_body(
+    messages: &[Value],
+    params: &Map<String, Value>,
+    rollout_id: &str,
+) -> Map<String, Value> {
+    let mut body = Map::with_capacity(params.len() + 7);
+    body.insert("model".into(), json!("default"));
+    body.insert("rollout_id".into(), json!(rollout_id));
+    body.insert("temperature".into(), json!(1.0));
+    body.insert("top_p".into(), json!(1.0));
+    body.insert("max_tokens".into(), json!(512));
+    body.insert("logprobs".into(), json!(true));
+    for (k, v) in params {
+        match (k.as_str(), v) {
+            ("messages" | "rollout_id", _) => {}
+            ("stop", Value::Null) => {}
+            ("stop", Value::String(s)) => {
+                body.insert("stop".into(), json!([s]));
+            }
+            (_, Value::Null)
+                if matches!(
+                    k.as_str(),
+                    "temperature" | "top_p" | "max_tokens" | "logprobs"
+                ) => {}
+            _ => {
+                body.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    body.insert("messages".into(), Value::Array(messages.to_vec()));
+    body
+}
+
+fn parse_chat_completion(bytes: &[u8]) -> Result<ChatCompletion, TrainerError> {
+    let bad = |m: &str| TrainerError::BadResponse(m.to_owned());
+    let mut value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| TrainerError::BadResponse(format!("not JSON: {e}")))?;
+    let usage = value.get("usage").cloned().unwrap_or(Value::Null);
+    let count = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let (prompt_tokens, completion_tokens) = (count("prompt_tokens"), count("completion_tokens"));
+    let total_tokens = usage
+        .get("total_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(prompt_tokens + completion_tokens);
+    let top_token_ids = value.get("token_ids").cloned();
+    let top_prompt_ids = value.get("prompt_token_ids").cloned();
+    let choice = value
+        .get_mut("choices")
+        .and_then(Value::as_array_mut)
+        .and_then(|c| c.first_mut())
+        .ok_or_else(|| bad("no choices[0]"))?;
+    let message = choice
+        .get_mut("message")
+        .map(Value::take)
+        .ok_or_else(|| bad("choices[0] has no message"))?;
+    if !message.is_object() {
+        return Err(bad("choices[0].message is not an object"));
+    }
+    let finish_reason = choice
+        .get("finish_reason")
+        .and_then(Value::as_str)
+        .unwrap_or("stop")
+        .to_owned();
+    let ids =
+        |v: Option<Value>| -> Option<Vec<u32>> { v.and_then(|v| serde_json::from_value(v).ok()) };
+    Ok(ChatCompletion {
+        finish_reason,
+        prompt_tokens,
+        completion_tokens,
+        total_tokens,
+        token_ids: ids(choice.get("token_ids").cloned().or(top_token_ids)),
+        prompt_token_ids: ids(choice.get("prompt_token_ids").cloned().or(top_prompt_ids)),
+        logprobs: choice
+            .get_mut("logprobs")
+            .map(Value::take)
+            .filter(|v| !v.is_null()),
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_defaults_and_forwarding() {
+        let params = json!({"temperature": 0.2, "stop": "###", "seed": 7, "max_tokens": null})
+            .as_object()
+            .unwrap()
+            .clone();
+        let body = chat_body(&[json!({"role": "user", "content": "hi"})], &params, "r-1");
+        assert_eq!(body["temperature"], json!(0.2));
+        assert_eq!(body["top_p"], json!(1.0));
+        assert_eq!(body["max_tokens"], json!(512));
+        assert_eq!(body["stop"], json!(["###"]));
+        assert_eq!(body["seed"], json!(7));
+        assert_eq!(body["logprobs"], json!(true));
+        assert_eq!(body["rollout_id"], json!("r-1"));
+        assert_eq!(body["model"], json!("default"));
+        let no_stop = chat_body(&[], &Map::new(), "r");
+        assert!(!no_stop.contains_key("stop"));
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.delay(0), Duration::from_secs(1));
+        assert_eq!(p.delay(2), Duration::from_secs(4));
+        assert_eq!(p.delay(10), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn parses_choice_zero_with_token_ids() {
+        let body = json!({
+            "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop", "token_ids": [1, 2]}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+            "prompt_token_ids": [9]
+        });
+        let c = parse_chat_completion(body.to_string().as_bytes()).unwrap();
+        assert_eq!(c.message["content"], json!("ok"));
+        assert_eq!(
+            (c.prompt_tokens, c.completion_tokens, c.total_tokens),
+            (5, 2, 7)
+        );
+        assert_eq!(c.token_ids, Some(vec![1, 2]));
+        assert_eq!(c.prompt_token_ids, Some(vec![9]));
+        assert!(matches!(
+            parse_chat_completion(b"{}"),
+            Err(TrainerError::BadResponse(_))
+        ));
+    }
+}

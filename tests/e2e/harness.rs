@@ -1,0 +1,418 @@
+//! Test harness: builds the wasm plugins once, starts the real
+//! `rollout-host` binary, and runs a scripted trainer (a real HTTP server).
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_owned()
+}
+
+/// `plugins/target/wasm32-wasip2/release/<name>.wasm`, building the guest
+/// workspace once per test run.
+pub fn plugin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let plugins = repo_root().join("plugins");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let output = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(plugins.join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", plugins.join("target"))
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("RUSTFLAGS")
+            .output()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "building plugins failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(plugins.join("target/wasm32-wasip2/release"))
+    });
+    match dir {
+        Ok(dir) => dir.join(format!("{}.wasm", name.replace('-', "_"))),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+pub fn host_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_rollout-host")
+}
+
+/// A running `rollout-host`; killed on drop.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    pub fn start(plugin_name: &str, args: &[&str]) -> Server {
+        Self::start_path(&plugin(plugin_name), args)
+    }
+
+    pub fn start_path(plugin: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(host_binary())
+            .arg("--plugin")
+            .arg(plugin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--retry-base-delay",
+                "0.02",
+            ])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("ROLLOUT_DEBUG_DIR")
+            .env_remove("ROLLOUT_API_KEY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start rollout-host");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("listening on http://") {
+                    let addr = line[at + "listening on ".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned();
+                    let _ = tx.send(addr);
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(url) => Server { child, url, log },
+            Err(_) => {
+                let _ = child.kill();
+                panic!("rollout-host did not start:\n{}", log.lock().unwrap());
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rollout-host did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn init(&self, body: &Value) -> (u16, Value) {
+        self.init_with(body, None).await
+    }
+
+    pub async fn init_with(&self, body: &Value, authorization: Option<&str>) -> (u16, Value) {
+        let (status, bytes) = self
+            .init_raw(body.to_string().into_bytes(), authorization)
+            .await;
+        let json = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("non-JSON answer: {}", String::from_utf8_lossy(&bytes)));
+        (status, json)
+    }
+
+    pub async fn init_raw(&self, body: Vec<u8>, authorization: Option<&str>) -> (u16, Bytes) {
+        let mut request = client()
+            .post(format!("{}/v1/rollout/init", self.url))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(auth) = authorization {
+            request = request.header("authorization", auth);
+        }
+        let response = request.send().await.expect("init request");
+        let status = response.status().as_u16();
+        (status, response.bytes().await.expect("init body"))
+    }
+
+    pub async fn get(&self, path: &str, authorization: Option<&str>) -> (u16, Value) {
+        let mut request = client().get(format!("{}{path}", self.url));
+        if let Some(auth) = authorization {
+            request = request.header("authorization", auth);
+        }
+        let response = request.send().await.expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON body"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new)
+}
+
+/// What the trainer saw of one HTTP call.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub authorization: Option<String>,
+    pub body: Value,
+}
+
+/// Decides the trainer's answer to a chat call: gets the request body and
+/// how many chat calls (attempts included) this rollout made before it.
+pub type ChatScript = dyn Fn(&Value, usize) -> (u16, Value) + Send + Sync;
+
+struct TrainerState {
+    script: Box<ChatScript>,
+    completed_status: u16,
+    chats: Mutex<Vec<Call>>,
+    completions: Mutex<Vec<Call>>,
+    chat_delay: Duration,
+}
+
+/// A scripted trainer: `/v1/chat/completions` answers from the script,
+/// `/v1/rollout/completed` records the callback.
+#[derive(Clone)]
+pub struct Trainer {
+    pub url: String,
+    state: Arc<TrainerState>,
+}
+
+impl Trainer {
+    pub async fn start(
+        script: impl Fn(&Value, usize) -> (u16, Value) + Send + Sync + 'static,
+    ) -> Trainer {
+        Self::start_with(script, 200, Duration::ZERO).await
+    }
+
+    /// The calculator script: asks for `op(a, b)`, then answers `#### answer`.
+    pub async fn calculator(op: &'static str, a: f64, b: f64, answer: &'static str) -> Trainer {
+        Self::start(calculator_script(op, a, b, answer)).await
+    }
+
+    pub async fn start_with(
+        script: impl Fn(&Value, usize) -> (u16, Value) + Send + Sync + 'static,
+        completed_status: u16,
+        chat_delay: Duration,
+    ) -> Trainer {
+        let state = Arc::new(TrainerState {
+            script: Box::new(script),
+            completed_status,
+            chats: Mutex::default(),
+            completions: Mutex::default(),
+            chat_delay,
+        });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/rollout/completed", post(completed))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind trainer");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Trainer { url, state }
+    }
+
+    pub fn chats(&self) -> Vec<Call> {
+        self.state.chats.lock().unwrap().clone()
+    }
+
+    pub fn chats_for(&self, rollout_id: &str) -> Vec<Call> {
+        self.chats()
+            .into_iter()
+            .filter(|c| c.body["rollout_id"] == rollout_id)
+            .collect()
+    }
+
+    pub fn completions(&self) -> Vec<Call> {
+        self.state.completions.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` callbacks arrived (panics after `timeout`).
+    pub async fn wait_completions(&self, n: usize, timeout: Duration) -> Vec<Call> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.completions();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} completion callbacks, got {}: {got:#?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The one callback for `rollout_id`, after checking no second one comes.
+    pub async fn single_completion(&self, rollout_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .completions()
+            .iter()
+            .any(|c| c.body["rollout_id"] == rollout_id)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no completion callback for {rollout_id}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mine: Vec<_> = self
+            .completions()
+            .into_iter()
+            .filter(|c| c.body["rollout_id"] == rollout_id)
+            .collect();
+        assert_eq!(
+            mine.len(),
+            1,
+            "exactly one callback for {rollout_id}: {mine:#?}"
+        );
+        mine[0].body.clone()
+    }
+}
+
+async fn chat(
+    State(state): State<Arc<TrainerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let body: Value = serde_json::from_slice(&body).expect("chat body is JSON");
+    let index = {
+        let mut chats = state.chats.lock().unwrap();
+        let index = chats
+            .iter()
+            .filter(|c| c.body["rollout_id"] == body["rollout_id"])
+            .count();
+        chats.push(Call {
+            authorization: auth(&headers),
+            body: body.clone(),
+        });
+        index
+    };
+    if !state.chat_delay.is_zero() {
+        tokio::time::sleep(state.chat_delay).await;
+    }
+    let (status, reply) = (state.script)(&body, index);
+    (StatusCode::from_u16(status).unwrap(), axum::Json(reply))
+}
+
+async fn completed(
+    State(state): State<Arc<TrainerState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let body: Value = serde_json::from_slice(&body).expect("completion body is JSON");
+    state.completions.lock().unwrap().push(Call {
+        authorization: auth(&headers),
+        body,
+    });
+    StatusCode::from_u16(state.completed_status).unwrap()
+}
+
+fn auth(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// An OpenAI chat.completion with `message`.
+pub fn completion(message: Value, finish_reason: &str, completion_tokens: u64) -> Value {
+    json!({
+        "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "test",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": completion_tokens, "total_tokens": 10 + completion_tokens}
+    })
+}
+
+/// First call: a tool call `op(a, b)`; once a tool result is in the
+/// history: the final answer `#### answer`.
+pub fn calculator_script(
+    op: &'static str,
+    a: f64,
+    b: f64,
+    answer: &'static str,
+) -> impl Fn(&Value, usize) -> (u16, Value) + Send + Sync {
+    move |body, _| {
+        let has_tool_result = body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["role"] == "tool");
+        let reply = if has_tool_result {
+            completion(
+                json!({"role": "assistant", "content": format!("The answer is #### {answer}")}),
+                "stop",
+                8,
+            )
+        } else {
+            let args = json!({"a": a, "b": b}).to_string();
+            completion(
+                json!({"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": op, "arguments": args}}
+                ]}),
+                "tool_calls",
+                12,
+            )
+        };
+        (200, reply)
+    }
+}
+
+/// A valid init body for `rollout_id` against `trainer`.
+pub fn init_body(rollout_id: &str, trainer: &Trainer) -> Value {
+    json!({
+        "rollout_id": rollout_id,
+        "server_url": format!("{}/", trainer.url),
+        "messages": [
+            {"role": "system", "content": "You are a calculator."},
+            {"role": "user", "content": "What is 5 + 3?"}
+        ],
+        "completion_params": {"temperature": 0.3, "max_tokens": 64, "stop": "###"},
+        "metadata": {"ground_truth": "8"}
+    })
+}

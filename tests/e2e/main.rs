@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `rollout-host` binary, real `.wasm` plugins,
+//! and a scripted trainer over HTTP.
+
+mod harness;
+mod plugins;
+mod protocol;
+mod rollouts;

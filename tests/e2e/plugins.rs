@@ -1,0 +1,322 @@
+//! Plugins that misbehave, plugins that do not load, and the debug log.
+
+use crate::harness::*;
+use serde_json::{Value, json};
+use std::process::Command;
+use std::time::Duration;
+
+fn misbehave_body(id: &str, trainer: &Trainer, mode: &str) -> Value {
+    let mut body = init_body(id, trainer);
+    body["metadata"] = json!({"mode": mode});
+    body
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trap_and_missing_complete_each_get_one_error_callback() {
+    let trainer = Trainer::calculator("add", 1.0, 1.0, "2").await;
+    let server = Server::start("misbehave", &[]);
+
+    assert_eq!(
+        server
+            .init(&misbehave_body("m-trap", &trainer, "trap"))
+            .await
+            .0,
+        202
+    );
+    let done = trainer.single_completion("m-trap").await;
+    assert_eq!(done["status"], "ERROR");
+    assert_eq!(done["finish_reason"], "error");
+    let msg = done["error_message"].as_str().unwrap();
+    assert!(
+        msg.contains("trapped") && msg.contains("unreachable"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("deliberate trap"),
+        "the guest's panic message is reported: {msg}"
+    );
+
+    assert_eq!(
+        server
+            .init(&misbehave_body("m-none", &trainer, "no-complete"))
+            .await
+            .0,
+        202
+    );
+    let done = trainer.single_completion("m-none").await;
+    assert_eq!(done["status"], "ERROR");
+    assert_eq!(
+        done["error_message"],
+        "plugin returned without calling complete"
+    );
+
+    assert_eq!(
+        server
+            .init(&misbehave_body("m-err", &trainer, "error"))
+            .await
+            .0,
+        202
+    );
+    let done = trainer.single_completion("m-err").await;
+    assert_eq!(
+        done["error_message"],
+        "plugin run failed: misbehave: deliberate error"
+    );
+
+    // The server keeps serving.
+    assert_eq!(
+        server
+            .init(&misbehave_body("m-ok", &trainer, "echo"))
+            .await
+            .0,
+        202
+    );
+    assert_eq!(
+        trainer.single_completion("m-ok").await["status"],
+        "COMPLETED"
+    );
+    assert_eq!(server.get("/health", None).await.0, 200);
+    assert!(
+        server.log().contains("deliberate trap"),
+        "guest stderr reaches the host log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_tools_trap_fails_the_init_and_frees_the_key() {
+    let trainer = Trainer::calculator("add", 1.0, 1.0, "2").await;
+    let server = Server::start("misbehave", &[]);
+    let (status, answer) = server
+        .init(&misbehave_body("m-gt", &trainer, "trap-in-get-tools"))
+        .await;
+    assert_eq!(status, 500, "{answer}");
+    assert!(
+        answer["detail"].as_str().unwrap().contains("get-tools"),
+        "{answer}"
+    );
+    // Same key, now a working request: the failed init was forgotten.
+    let (status, _) = server.init(&misbehave_body("m-gt", &trainer, "echo")).await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        trainer.single_completion("m-gt").await["status"],
+        "COMPLETED"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_call_misuse_is_an_error_not_a_crash() {
+    let trainer = Trainer::calculator("add", 1.0, 1.0, "2").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start("misbehave", &["--log", dir.path().to_str().unwrap()]);
+    for (id, mode) in [
+        ("m-twice", "complete-twice"),
+        ("m-after", "chat-after-complete"),
+    ] {
+        assert_eq!(
+            server.init(&misbehave_body(id, &trainer, mode)).await.0,
+            202
+        );
+        let done = trainer.single_completion(id).await;
+        assert_eq!(
+            done["status"], "COMPLETED",
+            "{mode}: the first complete stands"
+        );
+    }
+    assert_eq!(
+        trainer
+            .completions()
+            .iter()
+            .find(|c| c.body["rollout_id"] == "m-twice")
+            .unwrap()
+            .body["reward"],
+        1.0
+    );
+    let log = read_logs(dir.path());
+    assert!(
+        log.contains(r#""status":"refused: complete failed: the rollout was already completed""#),
+        "{log}"
+    );
+    assert!(
+        log.contains("refused: chat failed: invalid chat request: chat called after complete"),
+        "{log}"
+    );
+
+    assert_eq!(
+        server
+            .init(&misbehave_body("m-rewrite", &trainer, "rewrite-history"))
+            .await
+            .0,
+        202
+    );
+    let done = trainer.single_completion("m-rewrite").await;
+    assert_eq!(done["status"], "ERROR");
+    assert!(
+        done["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("not append-only"),
+        "{done}"
+    );
+    assert_eq!(
+        trainer.chats_for("m-rewrite").len(),
+        1,
+        "the rewritten history never reached the trainer"
+    );
+}
+
+fn read_logs(dir: &std::path::Path) -> String {
+    let mut text = String::new();
+    for run in std::fs::read_dir(dir).unwrap() {
+        for file in std::fs::read_dir(run.unwrap().path()).unwrap() {
+            text.push_str(&std::fs::read_to_string(file.unwrap().path()).unwrap());
+        }
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn debug_log_is_written_per_rollout_and_stays_inside_its_directory() {
+    let trainer = Trainer::calculator("add", 5.0, 3.0, "8").await;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("logs");
+    let server = Server::start("calc", &["--log", dir.to_str().unwrap()]);
+    assert_eq!(server.init(&init_body("log-1", &trainer)).await.0, 202);
+    assert_eq!(server.init(&init_body("../../x", &trainer)).await.0, 202);
+    trainer.single_completion("log-1").await;
+    trainer.single_completion("../../x").await;
+
+    let runs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "one directory per server start");
+    let start: u64 = runs[0]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("named by unix time");
+    assert!(start > 1_600_000_000);
+    let text = std::fs::read_to_string(runs[0].join("log-1.jsonl")).unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "pre_llm",
+            "llm_response",
+            "tool_results",
+            "pre_llm",
+            "llm_response",
+            "rollout_complete"
+        ]
+    );
+    assert!(events.iter().all(|e| e["rollout_id"] == "log-1"));
+    assert_eq!(events[5]["reward"], 1.0);
+
+    // The hostile id wrote inside the run directory, encoded, and nowhere else.
+    let mut files: Vec<String> = std::fs::read_dir(&runs[0])
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["%2E%2E%2F%2E%2E%2Fx.jsonl", "log-1.jsonl"]);
+    let mut everything = Vec::new();
+    walk(root.path(), &mut everything);
+    assert_eq!(
+        everything.len(),
+        2,
+        "nothing else under the temp root: {everything:?}"
+    );
+    assert!(!root.path().parent().unwrap().join("x.jsonl").exists());
+}
+
+fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            walk(&path, out)
+        } else {
+            out.push(path)
+        }
+    }
+}
+
+fn run_cli(args: &[&str]) -> (i32, String) {
+    let out = Command::new(host_binary())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn last_line(stderr: &str) -> &str {
+    stderr.lines().last().unwrap_or("")
+}
+
+#[test]
+fn plugins_that_do_not_fit_are_refused_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("core.wasm");
+    // A core module (no component layer): `(module)`.
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let text = dir.path().join("text.wasm");
+    std::fs::write(&text, b"hello").unwrap();
+    let wrong = plugin("wrong-world");
+    let cases = [
+        (
+            core.to_str().unwrap().to_owned(),
+            "is not a WebAssembly component",
+        ),
+        (
+            text.to_str().unwrap().to_owned(),
+            "is not a WebAssembly component",
+        ),
+        (
+            wrong.to_str().unwrap().to_owned(),
+            "does not export `osmosis:rollout/agent@0.1.0`",
+        ),
+        (
+            dir.path().join("missing.wasm").to_str().unwrap().to_owned(),
+            "cannot read plugin",
+        ),
+    ];
+    for (path, expected) in cases {
+        let (code, stderr) = run_cli(&["--plugin", &path, "--port", "0", "--host", "127.0.0.1"]);
+        assert_ne!(code, 0, "{path}");
+        let line = last_line(&stderr);
+        assert!(
+            line.starts_with("rollout-host: ") && line.contains(expected),
+            "{path}: {stderr}"
+        );
+    }
+    let (code, stderr) = run_cli(&["--plugin", "x.wasm", "--max-concurrent", "0"]);
+    assert_eq!(code, 2, "bad flags are a usage error: {stderr}");
+    let (code, _) = run_cli(&["--help"]);
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_world_lists_what_the_component_exports() {
+    let (_, stderr) = tokio::task::spawn_blocking(|| {
+        run_cli(&["--plugin", plugin("wrong-world").to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert!(
+        last_line(&stderr).contains("osmosis:rollout/agent@0.0.1"),
+        "{stderr}"
+    );
+    let _ = Duration::ZERO;
+}
