@@ -1,5 +1,6 @@
 //! Command-line flags (`rollout-host --help`).
 
+use crate::runtime::{AllocatorChoice, Limits};
 use crate::server::ServerConfig;
 use crate::trainer::RetryPolicy;
 use clap::{Parser, ValueEnum};
@@ -76,14 +77,64 @@ pub struct Cli {
     #[arg(long, env = "ROLLOUT_RETRY_MAX_DELAY", default_value = "30", value_name = "SECS", value_parser = seconds)]
     pub retry_max_delay: Duration,
 
-    /// Most linear memory one rollout's plugin instance may use, in MiB.
+    /// Linear memory cap of one rollout's plugin instance, in MiB.
     #[arg(long, env = "ROLLOUT_MAX_MEMORY_MIB", default_value_t = 256, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_memory_mib: u32,
+
+    /// CPU budget of one rollout: seconds the plugin may spend executing
+    /// (time waiting for the trainer's LLM does not count).
+    #[arg(long, env = "ROLLOUT_CPU_BUDGET", default_value = "30", value_name = "SECS", value_parser = seconds)]
+    pub cpu_budget: Duration,
+
+    /// Wall-clock deadline of one rollout, chat waits included, in seconds
+    /// (also bounds get-tools at init).
+    #[arg(long, env = "ROLLOUT_TIMEOUT", default_value = "1800", value_name = "SECS", value_parser = seconds)]
+    pub rollout_timeout: Duration,
+
+    /// Wasm stack limit of a plugin, in KiB (deep recursion traps beyond it).
+    #[arg(long, env = "ROLLOUT_MAX_WASM_STACK_KIB", default_value_t = 512, value_name = "KIB", value_parser = clap::value_parser!(u32).range(64..=65536))]
+    pub max_wasm_stack_kib: u32,
+
+    /// Hard cap on chat calls per rollout, as a multiple of its max_turns.
+    #[arg(long, env = "ROLLOUT_CHAT_CALLS_PER_TURN", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub chat_calls_per_turn: u32,
+
+    /// Largest log-event (name + JSON data) a plugin may send, in KiB.
+    #[arg(
+        long,
+        env = "ROLLOUT_MAX_LOG_EVENT_KIB",
+        default_value_t = 1024,
+        value_name = "KIB"
+    )]
+    pub max_log_event_kib: u32,
+
+    /// Largest chat history (JSON) a plugin may send in one call, in MiB.
+    #[arg(
+        long,
+        env = "ROLLOUT_MAX_HISTORY_MIB",
+        default_value_t = 32,
+        value_name = "MIB"
+    )]
+    pub max_history_mib: u32,
+
+    /// Largest final_messages (JSON) a plugin may complete with, in MiB.
+    #[arg(
+        long,
+        env = "ROLLOUT_MAX_FINAL_MESSAGES_MIB",
+        default_value_t = 32,
+        value_name = "MIB"
+    )]
+    pub max_final_messages_mib: u32,
 
     /// On SIGTERM/SIGINT, seconds to let running rollouts finish before
     /// ending them with an ERROR callback.
     #[arg(long, env = "ROLLOUT_SHUTDOWN_GRACE", default_value = "30", value_name = "SECS", value_parser = seconds)]
     pub shutdown_grace: Duration,
+
+    /// Instance allocator: pooling is faster and reserves address space up
+    /// front; auto probes for it and falls back to on-demand.
+    #[arg(long, env = "ROLLOUT_INSTANCE_ALLOCATOR", value_enum, default_value_t = AllocatorChoice::Auto)]
+    pub instance_allocator: AllocatorChoice,
 
     /// Log format on stderr (level filter: RUST_LOG, default info).
     #[arg(long, env = "ROLLOUT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -128,10 +179,20 @@ impl Cli {
                 max_delay: self.retry_max_delay,
                 ..RetryPolicy::default()
             },
-            max_memory_bytes: (self.max_memory_mib as usize) << 20,
+            limits: Limits {
+                max_memory_bytes: (self.max_memory_mib as usize) << 20,
+                cpu_budget: self.cpu_budget,
+                wall_clock: self.rollout_timeout,
+                max_wasm_stack_bytes: (self.max_wasm_stack_kib as usize) << 10,
+                chat_calls_per_turn: self.chat_calls_per_turn,
+                max_log_event_bytes: (self.max_log_event_kib as usize) << 10,
+                max_history_bytes: (self.max_history_mib as usize) << 20,
+                max_final_messages_bytes: (self.max_final_messages_mib as usize) << 20,
+            },
             max_body_bytes: MAX_BODY_BYTES,
             metadata_limit: METADATA_LIMIT,
             shutdown_grace: self.shutdown_grace,
+            allocator: self.instance_allocator,
         }
     }
 }

@@ -26,18 +26,22 @@ pub async fn run(
 ) {
     let span = tracing::info_span!("rollout", rollout_id = %request.rollout_id);
     async move {
+        let deadline = app.limits.wall_clock;
         let outcome = tokio::select! {
             biased;
-            _ = app.shutdown.cancelled() => Err(SHUTDOWN_MESSAGE.to_owned()),
-            outcome = async {
+            _ = app.shutdown.cancelled() => None,
+            ran = async {
                 let _slot = app.slots.acquire().await;
                 let started = Instant::now();
-                (instance.run(&wit_request).await, started)
-            } => Ok(outcome),
+                (tokio::time::timeout(deadline, instance.run(&wit_request)).await, started)
+            } => Some(ran),
         };
         let (outcome, started) = match outcome {
-            Ok((outcome, started)) => (outcome, started),
-            Err(message) => (Err(message), Instant::now()),
+            Some((Ok(outcome), started)) => (outcome, started),
+            Some((Err(_elapsed), started)) => {
+                (Err(instance.wall_clock_exceeded(deadline)), started)
+            }
+            None => (Err(SHUTDOWN_MESSAGE.to_owned()), Instant::now()),
         };
         let response = build_response(&request.rollout_id, instance.into_host(), outcome, started);
         match response.status {

@@ -121,6 +121,10 @@ impl Server {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -268,6 +272,15 @@ impl Trainer {
 
     pub fn completions(&self) -> Vec<Call> {
         self.state.completions.lock().unwrap().clone()
+    }
+
+    /// The first callback for `rollout_id`, if it arrived.
+    pub fn completion_for(&self, rollout_id: &str) -> Option<Value> {
+        let completions = self.state.completions.lock().unwrap();
+        completions
+            .iter()
+            .find(|c| c.body["rollout_id"] == rollout_id)
+            .map(|c| c.body.clone())
     }
 
     /// Waits until `n` callbacks arrived (panics after `timeout`).

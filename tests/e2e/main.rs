@@ -5,3 +5,4 @@ mod harness;
 mod plugins;
 mod protocol;
 mod rollouts;
+mod sandbox;

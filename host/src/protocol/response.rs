@@ -56,6 +56,10 @@ pub struct Metrics {
     pub prompt_tokens: u64,
     pub response_tokens: u64,
     pub max_context_tokens: u64,
+    /// Time the plugin spent executing (not waiting on the trainer).
+    pub guest_cpu_ms: f64,
+    /// Largest linear memory the plugin's instance reached.
+    pub guest_peak_memory_bytes: u64,
 }
 
 /// The body of `POST {server_url}/v1/rollout/completed`. Null fields are

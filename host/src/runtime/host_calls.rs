@@ -5,6 +5,7 @@ use super::bindings::osmosis::rollout::host::Host;
 use super::bindings::osmosis::rollout::types::{
     self as wit, ChatError, ChatRequest, ChatResponse, CompleteError, HttpError, Usage,
 };
+use super::limits::LimitExceeded;
 use super::state::{Completion, RolloutHost, StoreState};
 use crate::protocol::RolloutStatus;
 use crate::trainer::{TrainerError, chat_body};
@@ -18,10 +19,16 @@ impl Host for StoreState {
         &mut self,
         request: ChatRequest,
     ) -> wasmtime::Result<Result<ChatResponse, ChatError>> {
+        self.host.check_chat_limits(&request)?;
         Ok(self.host.chat(request).await)
     }
 
     async fn log_event(&mut self, event: String, data: String) -> wasmtime::Result<()> {
+        let size = event.len() + data.len();
+        let max = self.host.limits.max_log_event_bytes;
+        if size > max {
+            return Err(LimitExceeded::LogEvent { size, max }.into());
+        }
         self.host.log_event(&event, &data);
         Ok(())
     }
@@ -34,6 +41,11 @@ impl Host for StoreState {
         &mut self,
         completion: wit::Completion,
     ) -> wasmtime::Result<Result<(), CompleteError>> {
+        let size = completion.final_messages.len();
+        let max = self.host.limits.max_final_messages_bytes;
+        if size > max {
+            return Err(LimitExceeded::FinalMessages { size, max }.into());
+        }
         Ok(self.host.complete(completion))
     }
 }
@@ -60,6 +72,20 @@ fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>, String> {
 }
 
 impl RolloutHost {
+    /// Limits that stop the guest (a trap), not just refuse the call.
+    fn check_chat_limits(&mut self, request: &ChatRequest) -> Result<(), LimitExceeded> {
+        self.chat_calls += 1;
+        if self.chat_calls > self.limits.max_chat_calls {
+            return Err(LimitExceeded::ChatCalls(self.limits.max_chat_calls));
+        }
+        let size = request.messages.len() + request.params.as_ref().map_or(0, String::len);
+        let max = self.limits.max_history_bytes;
+        if size > max {
+            return Err(LimitExceeded::History { size, max });
+        }
+        Ok(())
+    }
+
     async fn chat(&mut self, request: ChatRequest) -> Result<ChatResponse, ChatError> {
         if self.completion.is_some() {
             return Err(invalid("chat called after complete"));

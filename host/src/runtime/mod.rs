@@ -4,11 +4,13 @@
 mod bindings;
 mod guest_io;
 mod host_calls;
+mod limits;
 mod state;
 mod trap;
 
-pub use state::{Completion, RolloutHost, TrainerLink};
-pub use trap::describe_guest_failure;
+pub use limits::{LimitExceeded, Limits};
+
+pub use state::{Completion, HostCallLimits, RolloutHost, TrainerLink};
 
 use bindings::RolloutAgentPre;
 use bindings::exports::osmosis::rollout::agent::Guest as AgentExports;
@@ -18,8 +20,11 @@ pub use bindings::osmosis::rollout::types::{
 use state::StoreState;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 
 /// The WIT interface a plugin must export.
 pub const AGENT_INTERFACE: &str = "osmosis:rollout/agent@0.1.0";
@@ -29,11 +34,22 @@ pub const HOST_INTERFACE: &str = "osmosis:rollout/host@0.1.0";
 /// Settings of the wasm runtime.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Most linear memory one rollout's instance may use, in bytes.
-    pub max_memory_bytes: usize,
+    pub limits: Limits,
     /// Instances that may exist at once (rollouts running or queued, plus
     /// inits in progress): sizes the pooling allocator.
     pub instance_slots: u32,
+    /// Which instance allocator to use.
+    pub allocator: AllocatorChoice,
+}
+
+/// `--instance-allocator`: probe for pooling (default), or force one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AllocatorChoice {
+    /// Pooling when the machine allows it, else on-demand.
+    #[default]
+    Auto,
+    Pooling,
+    OnDemand,
 }
 
 /// Which instance allocator the engine ended up with.
@@ -80,6 +96,7 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
         let (engine, allocator) = new_engine(&config)?;
+        limits::spawn_epoch_ticker(engine.weak());
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| LoadError::Engine(e.to_string()))?;
@@ -95,6 +112,10 @@ impl Runtime {
 
     pub fn allocator(&self) -> Allocator {
         self.allocator
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
     }
 
     /// Compiles, checks and pre-instantiates a plugin, then instantiates it
@@ -152,21 +173,31 @@ impl Runtime {
                 path: plugin.path.clone(),
                 reason: one_line(&e),
             })?;
-        plugin.name = agent
-            .osmosis_rollout_agent()
-            .call_name(&mut store)
+        let meter = store.data().meter.clone();
+        plugin.name = meter
+            .measure(agent.osmosis_rollout_agent().call_name(&mut store))
             .await
             .map_err(|e| LoadError::Startup {
                 path: plugin.path.clone(),
-                reason: describe_guest_failure(&e, &store),
+                reason: trap::classify(&e, &store).0,
             })?;
         Ok(plugin)
     }
 }
 
 fn new_engine(config: &RuntimeConfig) -> Result<(Engine, Allocator), LoadError> {
+    let limits = &config.limits;
     let mut wasm = Config::new();
     wasm.wasm_component_model(true);
+    wasm.epoch_interruption(true);
+    wasm.max_wasm_stack(limits.max_wasm_stack_bytes);
+    // Host functions run on the same fiber stack as the guest: leave them room.
+    wasm.async_stack_size(limits.max_wasm_stack_bytes + (1 << 20));
+    // Zero fiber stacks between rollouts: nothing of one rollout's host
+    // frames is visible to the next, and pooled stacks give their pages back
+    // (beyond the top 32 KiB) instead of keeping every stack's deepest use
+    // resident (a trap's unwinding touches ~80 KiB).
+    wasm.async_stack_zeroing(true);
     let slots = config.instance_slots.max(1);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
@@ -174,12 +205,21 @@ fn new_engine(config: &RuntimeConfig) -> Result<(Engine, Allocator), LoadError> 
         .total_memories(slots.saturating_mul(2))
         .total_tables(slots.saturating_mul(8))
         .total_stacks(slots)
-        .max_memory_size(config.max_memory_bytes);
-    wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    match Engine::new(&wasm) {
-        Ok(engine) => return Ok((engine, Allocator::Pooling)),
-        Err(e) => {
-            tracing::warn!(error = %one_line(&e), "pooling allocator unavailable, using on-demand allocation")
+        .async_stack_keep_resident(32 << 10)
+        .max_memory_size(limits.max_memory_bytes);
+    if config.allocator != AllocatorChoice::OnDemand {
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        match Engine::new(&wasm) {
+            Ok(engine) => return Ok((engine, Allocator::Pooling)),
+            Err(e) if config.allocator == AllocatorChoice::Pooling => {
+                return Err(LoadError::Engine(format!(
+                    "pooling allocator unavailable: {}",
+                    one_line(&e)
+                )));
+            }
+            Err(e) => {
+                tracing::warn!(error = %one_line(&e), "pooling allocator unavailable, using on-demand allocation")
+            }
         }
     }
     wasm.allocation_strategy(InstanceAllocationStrategy::OnDemand);
@@ -246,42 +286,57 @@ impl Plugin {
     }
 
     fn new_store(&self, host: RolloutHost) -> Store<StoreState> {
-        let mut store = Store::new(
-            &self.runtime.engine,
-            StoreState::new(host, self.runtime.config.max_memory_bytes),
-        );
-        store.limiter(|s| &mut s.limits);
+        let limits = &self.runtime.config.limits;
+        let mut store = Store::new(&self.runtime.engine, StoreState::new(host, limits));
+        store.limiter(|s| &mut s.limiter);
+        // Called every epoch tick while the guest executes: stop it once its
+        // CPU time is over budget, else yield to the async runtime so one
+        // busy guest cannot starve the others.
+        let budget = limits.cpu_budget;
+        store.epoch_deadline_callback(move |ctx| {
+            if ctx.data().meter.used() > budget {
+                return Err(LimitExceeded::Cpu(budget).into());
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store.set_epoch_deadline(1);
         store
     }
 
-    /// Creates the rollout's instance and asks it for its tools.
+    /// Creates the rollout's instance and asks it for its tools, within the
+    /// rollout's CPU budget and wall-clock deadline.
     pub async fn start(
         &self,
         host: RolloutHost,
         request: &WitRolloutRequest,
     ) -> Result<(Instance, Vec<WitToolDefinition>), String> {
         let mut store = self.new_store(host);
-        let agent = self.pre.instantiate_async(&mut store).await.map_err(|e| {
-            format!(
-                "plugin failed to start: {}",
-                describe_guest_failure(&e, &store)
-            )
-        })?;
-        let tools = match agent
-            .osmosis_rollout_agent()
-            .call_get_tools(&mut store, request)
-            .await
-        {
-            Ok(Ok(tools)) => tools,
-            Ok(Err(msg)) => return Err(format!("plugin get-tools failed: {msg}")),
-            Err(e) => {
-                return Err(format!(
-                    "plugin get-tools {}",
-                    describe_guest_failure(&e, &store)
-                ));
-            }
-        };
-        Ok((Instance { store, agent }, tools))
+        let meter = store.data().meter.clone();
+        let deadline = self.runtime.config.limits.wall_clock;
+        let started = tokio::time::timeout(
+            deadline,
+            meter.measure(async {
+                let agent = self.pre.instantiate_async(&mut store).await?;
+                let tools = agent
+                    .osmosis_rollout_agent()
+                    .call_get_tools(&mut store, request)
+                    .await?;
+                Ok::<_, wasmtime::Error>((agent, tools))
+            }),
+        )
+        .await;
+        match started {
+            Ok(Ok((agent, Ok(tools)))) => Ok((Instance { store, agent }, tools)),
+            Ok(Ok((_, Err(msg)))) => Err(format!("plugin get-tools failed: {msg}")),
+            Ok(Err(e)) => Err(format!(
+                "plugin get-tools {}",
+                trap::describe(&e, &mut store)
+            )),
+            Err(_) => Err(format!(
+                "plugin get-tools {}",
+                trap::note_limit(&mut store, LimitExceeded::WallClock(deadline))
+            )),
+        }
     }
 }
 
@@ -296,14 +351,24 @@ impl Instance {
     /// Dropping the future stops the guest.
     pub async fn run(&mut self, request: &WitRolloutRequest) -> Result<(), String> {
         let exports: &AgentExports = self.agent.osmosis_rollout_agent();
-        match exports.call_run(&mut self.store, request).await {
+        let meter = self.store.data().meter.clone();
+        match meter
+            .measure(exports.call_run(&mut self.store, request))
+            .await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(format!("plugin run failed: {msg}")),
-            Err(e) => Err(format!(
-                "plugin {}",
-                describe_guest_failure(&e, &self.store)
-            )),
+            Err(e) => Err(format!("plugin {}", trap::describe(&e, &mut self.store))),
         }
+    }
+
+    /// Records that the rollout ran past its wall-clock deadline (the run
+    /// was stopped) and returns the error message.
+    pub fn wall_clock_exceeded(&mut self, deadline: Duration) -> String {
+        format!(
+            "plugin {}",
+            trap::note_limit(&mut self.store, LimitExceeded::WallClock(deadline))
+        )
     }
 
     /// The host-side state: completion, metrics, history.

@@ -2,13 +2,13 @@
 //! host's own per-rollout state that the host functions work on.
 
 use super::guest_io::{GuestOutput, Stream};
+use super::limits::{CpuMeter, GuestLimiter, LimitExceeded, Limits};
 use crate::debug_log::RolloutLog;
 use crate::protocol::{Metrics, RolloutStatus};
 use crate::trainer::TrainerClient;
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 /// Where this rollout's chat calls go.
@@ -52,6 +52,29 @@ pub struct RolloutHost {
     pub debug_log: Option<RolloutLog>,
     /// The end of the guest's stderr, to explain a trap.
     pub stderr_tail: Arc<Mutex<Vec<u8>>>,
+    pub limits: HostCallLimits,
+    /// `chat` calls made so far (refused ones included).
+    pub chat_calls: u32,
+}
+
+/// The limits the host functions enforce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostCallLimits {
+    pub max_chat_calls: u32,
+    pub max_log_event_bytes: usize,
+    pub max_history_bytes: usize,
+    pub max_final_messages_bytes: usize,
+}
+
+impl HostCallLimits {
+    pub fn new(limits: &Limits, max_turns: u32) -> Self {
+        Self {
+            max_chat_calls: limits.max_chat_calls(max_turns),
+            max_log_event_bytes: limits.max_log_event_bytes,
+            max_history_bytes: limits.max_history_bytes,
+            max_final_messages_bytes: limits.max_final_messages_bytes,
+        }
+    }
 }
 
 impl RolloutHost {
@@ -61,6 +84,7 @@ impl RolloutHost {
         request_messages: Vec<Value>,
         completion_params: Map<String, Value>,
         debug_log: Option<RolloutLog>,
+        limits: HostCallLimits,
     ) -> Self {
         Self {
             rollout_id: rollout_id.into(),
@@ -72,6 +96,8 @@ impl RolloutHost {
             completion: None,
             debug_log,
             stderr_tail: Arc::default(),
+            limits,
+            chat_calls: 0,
         }
     }
 
@@ -87,6 +113,19 @@ impl RolloutHost {
             completion: None,
             debug_log: None,
             stderr_tail: Arc::default(),
+            limits: HostCallLimits::new(&Limits::default(), 0),
+            chat_calls: 0,
+        }
+    }
+
+    /// Notes a tripped limit in the debug log (`limit_exceeded` event).
+    pub fn record_limit(&mut self, limit: &LimitExceeded) {
+        tracing::warn!(limit = limit.name(), "{limit}");
+        if let Some(log) = &mut self.debug_log {
+            let event = serde_json::json!({"limit": limit.name(), "message": limit.to_string()});
+            if let Err(e) = log.write("limit_exceeded", event) {
+                tracing::warn!(error = %e, "cannot write debug log");
+            }
         }
     }
 
@@ -104,12 +143,14 @@ impl RolloutHost {
 pub struct StoreState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limiter: GuestLimiter,
+    pub(super) meter: Arc<CpuMeter>,
+    pub(super) max_wasm_stack: usize,
     pub(super) host: RolloutHost,
 }
 
 impl StoreState {
-    pub fn new(host: RolloutHost, max_memory_bytes: usize) -> Self {
+    pub fn new(host: RolloutHost, limits: &Limits) -> Self {
         let tail = host.stderr_tail.clone();
         let id = host.rollout_id.clone();
         // No preopened directories, no environment, no arguments, no
@@ -121,22 +162,23 @@ impl StoreState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(max_memory_bytes)
-            .instances(64)
-            .tables(64)
-            .memories(8)
-            .build();
         Self {
             wasi,
             table: ResourceTable::new(),
-            limits,
+            limiter: GuestLimiter::new(limits.max_memory_bytes),
+            meter: Arc::default(),
+            max_wasm_stack: limits.max_wasm_stack_bytes,
             host,
         }
     }
 
+    /// The host-side state, with the guest's CPU time and peak memory
+    /// added to its metrics.
     pub fn into_host(self) -> RolloutHost {
-        self.host
+        let mut host = self.host;
+        host.metrics.guest_cpu_ms = self.meter.used().as_secs_f64() * 1000.0;
+        host.metrics.guest_peak_memory_bytes = self.limiter.peak_memory as u64;
+        host
     }
 }
 

@@ -5,7 +5,7 @@ use super::{App, auth, json_error};
 use crate::idempotency::{self, Claim, InitOutcome, Ticket};
 use crate::protocol::{InitResponse, RolloutRequest, Tool, parse_init_request};
 use crate::rollout;
-use crate::runtime::{RolloutHost, TrainerLink, WitRolloutRequest};
+use crate::runtime::{HostCallLimits, RolloutHost, TrainerLink, WitRolloutRequest};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -47,8 +47,8 @@ pub async fn init(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -
         Claim::Wait(rx) => idempotency::wait(rx).await,
         Claim::New(ticket) => {
             // In a task of its own, so a trainer that hangs up cannot leave
-            // the key half-claimed.
-            let task = tokio::spawn(accept(app.clone(), request, ticket));
+            // the key half-claimed; on the plugin runtime, like the run.
+            let task = app.guests.spawn(accept(app.clone(), request, ticket));
             task.await.unwrap_or_else(|e| InitOutcome::Failed {
                 status: 500,
                 body: error_body(&format!("init failed: {e}")),
@@ -133,6 +133,7 @@ async fn admit_and_start(app: &Arc<App>, request: RolloutRequest, key: String) -
         app.debug_log
             .as_ref()
             .map(|log| log.rollout(&request.rollout_id)),
+        HostCallLimits::new(&app.limits, request.max_turns),
     );
     let plugin = app.plugin.clone();
     let (instance, wit_tools) = match plugin.start(host, &wit_request).await {

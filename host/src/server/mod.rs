@@ -6,7 +6,7 @@ mod init;
 
 use crate::debug_log::DebugLog;
 use crate::idempotency::IdempotencyStore;
-use crate::runtime::{LoadError, Plugin, Runtime, RuntimeConfig};
+use crate::runtime::{AllocatorChoice, Limits, LoadError, Plugin, Runtime, RuntimeConfig};
 use crate::trainer::{RetryPolicy, TrainerClient};
 use axum::Router;
 use axum::http::StatusCode;
@@ -35,7 +35,9 @@ pub struct ServerConfig {
     /// How long a finished rollout's init answer is kept for duplicates.
     pub record_ttl: Duration,
     pub retry: RetryPolicy,
-    pub max_memory_bytes: usize,
+    /// Per-rollout limits of the plugin.
+    pub limits: Limits,
+    pub allocator: AllocatorChoice,
     /// Largest init body read.
     pub max_body_bytes: usize,
     pub metadata_limit: usize,
@@ -63,6 +65,8 @@ pub enum ServerError {
     Client(String),
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Counts of rollouts, for /health.
@@ -76,6 +80,7 @@ pub struct Stats {
 /// State shared by all requests and rollouts.
 pub struct App {
     pub plugin: Arc<Plugin>,
+    pub limits: Limits,
     pub trainer: TrainerClient,
     pub api_key: Option<String>,
     pub debug_log: Option<DebugLog>,
@@ -91,15 +96,39 @@ pub struct App {
     pub tasks: TaskTracker,
     /// Cancelled when shutdown's grace period is over.
     pub shutdown: CancellationToken,
+    /// The runtime that executes plugins (instantiation, get-tools, runs).
+    pub guests: tokio::runtime::Handle,
 }
 
-/// Loads the plugin, binds, serves until SIGINT/SIGTERM, then drains.
-pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
+/// Runs the server on two runtimes: a small one for HTTP (accept, parse,
+/// health) and one that executes plugins. A busy plugin is preempted by the
+/// OS there, so it cannot hold up `/health` or the admission of new inits.
+pub fn serve(config: ServerConfig) -> Result<(), ServerError> {
+    let front = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("http")
+        .enable_all()
+        .build()
+        .map_err(ServerError::Runtime)?;
+    let guests = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("plugin")
+        .enable_all()
+        .build()
+        .map_err(ServerError::Runtime)?;
+    let result = front.block_on(run(config, guests.handle().clone()));
+    guests.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Loads the plugin, binds, serves until SIGINT/SIGTERM, then drains;
+/// plugins execute on `guests`.
+pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result<(), ServerError> {
     let capacity = config.max_concurrent.saturating_add(config.max_queued);
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
-        max_memory_bytes: config.max_memory_bytes,
+        limits: config.limits.clone(),
         // Accepted rollouts hold an instance; inits in progress hold one too.
         instance_slots: u32::try_from(capacity.saturating_add(64)).unwrap_or(u32::MAX),
+        allocator: config.allocator,
     })?);
     let plugin = runtime.load(&config.plugin).await?;
     tracing::info!(
@@ -126,6 +155,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         TrainerClient::new(config.retry.clone()).map_err(|e| ServerError::Client(e.to_string()))?;
     let app = Arc::new(App {
         plugin: Arc::new(plugin),
+        limits: config.limits.clone(),
         trainer,
         api_key: config.api_key.clone(),
         debug_log,
@@ -137,6 +167,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         metadata_limit: config.metadata_limit,
         tasks: TaskTracker::new(),
         shutdown: CancellationToken::new(),
+        guests,
     });
 
     let listener = tokio::net::TcpListener::bind(config.bind)

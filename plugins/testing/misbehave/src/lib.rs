@@ -1,9 +1,17 @@
-//! A plugin for the host's tests: `metadata.mode` picks how it misbehaves.
-//! Any other mode behaves like a one-turn echo agent.
+//! A plugin for the host's tests: `metadata.mode` picks how it misbehaves
+//! (spins, allocates or recurses without bound, panics, skips or repeats
+//! `complete`, abuses host calls, tries to escape the sandbox, sleeps).
+//! `echo` answers after one chat call; any other mode is the calculator.
 
+#[path = "../../../calc/src/agent.rs"]
+mod calculator;
+
+use rollout_guest_sdk::bindings::osmosis::rollout::{host, types as wit};
 use rollout_guest_sdk::{
-    Agent, AgentError, RolloutContext, RolloutRequest, ToolDefinition, Value, export_agent, json,
+    Agent, AgentError, Map, RolloutContext, RolloutRequest, ToolDefinition, Value, export_agent,
+    json,
 };
+use std::hint::black_box;
 
 #[derive(Default)]
 struct Misbehave;
@@ -22,10 +30,12 @@ impl Agent for Misbehave {
     }
 
     fn tools(&self, request: &RolloutRequest) -> Vec<ToolDefinition> {
-        if mode(request) == "trap-in-get-tools" {
-            panic!("misbehave: trap in get-tools");
+        match mode(request) {
+            "trap-in-get-tools" => panic!("misbehave: trap in get-tools"),
+            "spin-in-get-tools" => spin(),
+            "echo" => Vec::new(),
+            _ => calculator::Calculator.tools(request),
         }
-        Vec::new()
     }
 
     fn run(&self, ctx: &mut RolloutContext) -> Result<(), AgentError> {
@@ -33,6 +43,63 @@ impl Agent for Misbehave {
         let mut messages = request.messages.clone();
         match mode(&request) {
             "trap" => panic!("misbehave: deliberate trap"),
+            "spin" => spin(),
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "recurse" => {
+                black_box(recurse(0));
+                Ok(())
+            }
+            "big-log" => {
+                let mut data = String::with_capacity((100 << 20) + 16);
+                data.push_str("{\"blob\": \"");
+                data.extend(std::iter::repeat_n('x', 100 << 20));
+                data.push_str("\"}");
+                host::log_event("big", &data);
+                ctx.complete(&messages, "stop", None)
+            }
+            "sleep" => loop {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            },
+            "chat-forever" => loop {
+                let reply = ctx.chat(&messages)?;
+                messages.push(reply.message);
+            },
+            "escape" => {
+                let report = escape_attempts();
+                ctx.complete_with(&messages, "stop", None, report)
+            }
+            "malformed-host-calls" => {
+                let mut report = Map::new();
+                let chat = host::chat(&wit::ChatRequest {
+                    messages: "not json".into(),
+                    params: None,
+                });
+                report.insert("chat".into(), json!(format!("{:?}", chat.err())));
+                let chat = host::chat(&wit::ChatRequest {
+                    messages: "[]".into(),
+                    params: Some("[1]".into()),
+                });
+                report.insert("params".into(), json!(format!("{:?}", chat.err())));
+                let complete = host::complete(&wit::Completion {
+                    status: wit::RolloutStatus::Completed,
+                    final_messages: "{".into(),
+                    finish_reason: "stop".into(),
+                    error_message: None,
+                    reward: Some(f64::NAN),
+                    tool_metrics: wit::ToolMetrics {
+                        num_tool_calls: 0,
+                        tool_latency_ms: 0.0,
+                    },
+                    extra_fields: None,
+                });
+                report.insert("complete".into(), json!(format!("{:?}", complete.err())));
+                ctx.complete_with(&messages, "stop", None, report)
+            }
             "no-complete" => Ok(()),
             "error" => Err("misbehave: deliberate error".into()),
             "complete-twice" => {
@@ -63,13 +130,108 @@ impl Agent for Misbehave {
                 ctx.chat(&rewritten)?;
                 ctx.complete(&rewritten, "stop", None)
             }
-            _ => {
+            "echo" => {
                 let reply = ctx.chat(&messages)?;
                 messages.push(reply.message);
                 ctx.complete(&messages, &reply.finish_reason, None)
             }
+            _ => calculator::Calculator.run(ctx),
         }
     }
+}
+
+fn spin() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+/// Recursion that only uses the wasm stack (an indirect call per frame, no
+/// locals in linear memory), so it hits the host's wasm stack limit rather
+/// than the guest's own shadow stack.
+fn recurse(depth: u64) -> u64 {
+    let next: fn(u64) -> u64 = black_box(recurse);
+    next(depth + 1).wrapping_add(depth)
+}
+
+/// Tries every ambient capability a sandbox must not grant; each entry says
+/// what the guest got.
+fn escape_attempts() -> Map<String, Value> {
+    use std::io::Read;
+    let outcome = |r: Result<String, String>| match r {
+        Ok(v) => json!(format!("allowed: {v}")),
+        Err(e) => json!(format!("denied: {e}")),
+    };
+    let mut report = Map::new();
+    report.insert(
+        "read_file".into(),
+        outcome(std::fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())),
+    );
+    report.insert(
+        "list_dir".into(),
+        outcome(
+            std::fs::read_dir("/")
+                .map(|d| d.count().to_string())
+                .map_err(|e| e.to_string()),
+        ),
+    );
+    report.insert(
+        "write_file".into(),
+        outcome(
+            std::fs::write("/tmp/escaped", b"x")
+                .map(|_| "wrote".to_owned())
+                .map_err(|e| e.to_string()),
+        ),
+    );
+    report.insert(
+        "env_var".into(),
+        outcome(std::env::var("PATH").map_err(|e| e.to_string())),
+    );
+    let vars = std::env::vars().count();
+    report.insert(
+        "env_vars".into(),
+        outcome(if vars == 0 {
+            Err("none".into())
+        } else {
+            Ok(vars.to_string())
+        }),
+    );
+    let args = std::env::args().count();
+    report.insert(
+        "args".into(),
+        outcome(if args == 0 {
+            Err("none".into())
+        } else {
+            Ok(args.to_string())
+        }),
+    );
+    report.insert(
+        "tcp".into(),
+        outcome(
+            std::net::TcpStream::connect("127.0.0.1:22")
+                .map(|_| "connected".to_owned())
+                .map_err(|e| e.to_string()),
+        ),
+    );
+    report.insert(
+        "udp".into(),
+        outcome(
+            std::net::UdpSocket::bind("0.0.0.0:0")
+                .map(|_| "bound".to_owned())
+                .map_err(|e| e.to_string()),
+        ),
+    );
+    let mut input = Vec::new();
+    report.insert(
+        "stdin".into(),
+        outcome(match std::io::stdin().read_to_end(&mut input) {
+            Ok(0) => Err("empty".into()),
+            Ok(n) => Ok(format!("{n} bytes")),
+            Err(e) => Err(e.to_string()),
+        }),
+    );
+    report
 }
 
 export_agent!(Misbehave);

@@ -1,0 +1,394 @@
+//! The sandbox and per-rollout limits: hostile plugins are stopped, get
+//! exactly one ERROR callback naming the cause, and hurt nobody else.
+
+use crate::harness::*;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+fn hostile(id: &str, trainer: &Trainer, mode: &str) -> Value {
+    let mut body = init_body(id, trainer);
+    body["metadata"] = json!({"mode": mode, "ground_truth": "2"});
+    body
+}
+
+/// Inits `mode`, waits for its one callback; returns it and the time taken.
+async fn run_hostile(
+    server: &Server,
+    trainer: &Trainer,
+    id: &str,
+    mode: &str,
+) -> (Value, Duration) {
+    let started = Instant::now();
+    let (status, answer) = server.init(&hostile(id, trainer, mode)).await;
+    assert_eq!(status, 202, "{mode}: {answer}");
+    let done = trainer.single_completion(id).await;
+    (done, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_limit_stops_the_guest_with_one_error_callback_naming_it() {
+    let trainer = Trainer::calculator("add", 1.0, 1.0, "2").await;
+    let logs = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        "misbehave",
+        &[
+            "--cpu-budget",
+            "1",
+            "--rollout-timeout",
+            "3",
+            "--chat-calls-per-turn",
+            "2",
+            "--log",
+            logs.path().to_str().unwrap(),
+        ],
+    );
+    // (mode, expected message, most time the callback may take)
+    let cases = [
+        (
+            "spin",
+            "plugin stopped: plugin exceeded its CPU budget of 1s",
+            2.0,
+        ),
+        (
+            "alloc",
+            "plugin stopped: plugin exceeded its memory limit of 256 MiB",
+            2.0,
+        ),
+        (
+            "recurse",
+            "plugin stopped: plugin exceeded its stack limit of 512 KiB",
+            2.0,
+        ),
+        (
+            "big-log",
+            "plugin stopped: plugin sent a log-event of 100.0 MiB, over the limit of 1 MiB",
+            3.0,
+        ),
+        (
+            "sleep",
+            "plugin stopped: plugin exceeded its wall-clock deadline of 3s",
+            4.0,
+        ),
+        (
+            "chat-forever",
+            "plugin stopped: plugin exceeded its limit of 20 chat calls",
+            3.0,
+        ),
+    ];
+    for (mode, expected, within) in cases {
+        let id = format!("lim-{mode}");
+        let (done, took) = run_hostile(&server, &trainer, &id, mode).await;
+        assert_eq!(done["status"], "ERROR", "{mode}: {done}");
+        assert_eq!(done["finish_reason"], "error");
+        let msg = done["error_message"].as_str().unwrap();
+        assert!(msg.starts_with(expected), "{mode}: {msg}");
+        assert!(
+            took.as_secs_f64() <= within,
+            "{mode}: callback after {took:?}, limit + slack is {within}s"
+        );
+        let events = std::fs::read_dir(logs.path())
+            .unwrap()
+            .map(|run| {
+                std::fs::read_to_string(run.unwrap().path().join(format!("{id}.jsonl")))
+                    .unwrap_or_default()
+            })
+            .collect::<String>();
+        assert!(
+            events.contains("\"event\":\"limit_exceeded\""),
+            "{mode}: the debug log records the violation: {events}"
+        );
+    }
+    assert_eq!(
+        trainer.chats_for("lim-chat-forever").len(),
+        20,
+        "max_turns 10 x 2 calls, then stopped"
+    );
+    // Still serving.
+    let (done, _) = run_hostile(&server, &trainer, "lim-after", "calc").await;
+    assert_eq!(
+        (done["status"].as_str(), done["reward"].as_f64()),
+        (Some("COMPLETED"), Some(1.0))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spinning_get_tools_fails_the_init_quickly() {
+    let trainer = Trainer::calculator("add", 1.0, 1.0, "2").await;
+    let server = Server::start("misbehave", &["--cpu-budget", "1"]);
+    let started = Instant::now();
+    let (status, answer) = server
+        .init(&hostile("gt-spin", &trainer, "spin-in-get-tools"))
+        .await;
+    assert_eq!(status, 500, "{answer}");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .contains("CPU budget of 1s"),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.get("/health", None).await.0, 200);
+    let (done, _) = run_hostile(&server, &trainer, "gt-after", "calc").await;
+    assert_eq!(done["status"], "COMPLETED");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sandbox_grants_no_ambient_capabilities() {
+    let trainer = Trainer::calculator("add", 1.0, 1.0, "2").await;
+    let server = Server::start("misbehave", &[]);
+    let (done, _) = run_hostile(&server, &trainer, "escape", "escape").await;
+    assert_eq!(done["status"], "COMPLETED", "trying is not a crash: {done}");
+    let report = done["extra_fields"].as_object().unwrap();
+    for attempt in [
+        "read_file",
+        "list_dir",
+        "write_file",
+        "env_var",
+        "env_vars",
+        "args",
+        "tcp",
+        "udp",
+        "stdin",
+    ] {
+        let outcome = report[attempt].as_str().unwrap();
+        assert!(outcome.starts_with("denied"), "{attempt}: {outcome}");
+    }
+    assert!(!std::path::Path::new("/tmp/escaped").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_host_calls_are_errors_inside_the_guest() {
+    let trainer = Trainer::calculator("add", 1.0, 1.0, "2").await;
+    let server = Server::start("misbehave", &[]);
+    let (done, _) = run_hostile(&server, &trainer, "malformed", "malformed-host-calls").await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let report = &done["extra_fields"];
+    assert!(
+        report["chat"].as_str().unwrap().contains("InvalidRequest"),
+        "{report}"
+    );
+    assert!(
+        report["chat"].as_str().unwrap().contains("not valid JSON"),
+        "{report}"
+    );
+    assert!(
+        report["params"]
+            .as_str()
+            .unwrap()
+            .contains("must be a JSON object"),
+        "{report}"
+    );
+    assert!(
+        report["complete"].as_str().unwrap().contains("Invalid"),
+        "{report}"
+    );
+    assert!(
+        trainer.chats_for("malformed").is_empty(),
+        "nothing malformed reached the trainer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cpu_budget_excludes_time_waiting_for_the_trainer() {
+    let trainer = Trainer::start_with(
+        calculator_script("add", 1.0, 1.0, "2"),
+        200,
+        Duration::from_millis(2500),
+    )
+    .await;
+    let server = Server::start("misbehave", &["--cpu-budget", "1"]);
+    let (done, took) = run_hostile(&server, &trainer, "slow-chat", "calc").await;
+    assert_eq!(
+        done["status"], "COMPLETED",
+        "blocked 5 s in chat with a 1 s CPU budget: {done}"
+    );
+    assert!(took >= Duration::from_secs(5));
+    let metrics = &done["metrics"];
+    assert!(
+        metrics["guest_cpu_ms"].as_f64().unwrap() < 1000.0,
+        "{metrics}"
+    );
+    assert!(metrics["guest_cpu_ms"].as_f64().unwrap() > 0.0, "{metrics}");
+    assert!(
+        metrics["guest_peak_memory_bytes"].as_u64().unwrap() >= 64 << 10,
+        "{metrics}"
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+async fn calc_batch(server: &Server, trainer: &Trainer, prefix: &str, n: usize) -> Vec<Duration> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let body = hostile(&format!("{prefix}-{i}"), trainer, "calc");
+        let url = server.url.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let r = client()
+                .post(format!("{url}/v1/rollout/init"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            started
+        }));
+    }
+    let mut starts = Vec::new();
+    for t in tasks {
+        starts.push(t.await.unwrap());
+    }
+    let mut latencies = Vec::new();
+    for (i, started) in starts.into_iter().enumerate() {
+        let id = format!("{prefix}-{i}");
+        let done = loop {
+            if let Some(done) = trainer.completion_for(&id) {
+                break done;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{id} never completed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(
+            (done["status"].as_str(), done["reward"].as_f64()),
+            (Some("COMPLETED"), Some(1.0)),
+            "{id}: {done}"
+        );
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    latencies
+}
+
+const HOSTILE_MODES: [&str; 9] = [
+    "spin",
+    "spin",
+    "alloc",
+    "recurse",
+    "trap",
+    "big-log",
+    "sleep",
+    "chat-forever",
+    "no-complete",
+];
+
+/// Starts one rollout of every hostile mode; returns their ids.
+async fn start_hostile_suite(server: &Server, trainer: &Trainer, round: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (i, mode) in HOSTILE_MODES.iter().enumerate() {
+        let id = format!("h-{round}-{i}");
+        assert_eq!(server.init(&hostile(&id, trainer, mode)).await.0, 202);
+        ids.push(id);
+    }
+    ids
+}
+
+async fn expect_errors(trainer: &Trainer, ids: &[String]) {
+    for (id, mode) in ids.iter().zip(HOSTILE_MODES) {
+        let done = trainer.single_completion(id).await;
+        assert_eq!(done["status"], "ERROR", "{mode}: {done}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_rollouts_do_not_disturb_the_others_or_leak() {
+    let trainer = Trainer::calculator("add", 1.0, 1.0, "2").await;
+    let server = Server::start(
+        "misbehave",
+        &[
+            "--cpu-budget",
+            "1",
+            "--rollout-timeout",
+            "3",
+            "--max-concurrent",
+            "300",
+        ],
+    );
+    let pid = server.pid();
+
+    // Warm up (the first hostile round sets allocator high-water marks:
+    // pooled fiber stacks, malloc arenas), then the baselines: latency of
+    // 200 calculator rollouts alone, and RSS.
+    calc_batch(&server, &trainer, "warm", 50).await;
+    let ids = start_hostile_suite(&server, &trainer, "warm").await;
+    expect_errors(&trainer, &ids).await;
+    let alone = calc_batch(&server, &trainer, "alone", 200).await;
+    let baseline_rss = rss_kib(pid);
+
+    // The same 200 while every kind of hostile plugin runs.
+    let ids = start_hostile_suite(&server, &trainer, "crowded").await;
+    let health = tokio::spawn({
+        let url = server.url.clone();
+        async move {
+            let mut worst = Duration::ZERO;
+            for _ in 0..20 {
+                let started = Instant::now();
+                assert_eq!(
+                    client()
+                        .get(format!("{url}/health"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status(),
+                    200
+                );
+                worst = worst.max(started.elapsed());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            worst
+        }
+    });
+    let crowded = calc_batch(&server, &trainer, "crowded", 200).await;
+    let worst_health = health.await.unwrap();
+    expect_errors(&trainer, &ids).await;
+
+    let p50 = |l: &[Duration]| l[l.len() / 2];
+    let p99 = |l: &[Duration]| l[l.len() * 99 / 100];
+    eprintln!(
+        "calc p50/p99 alone {:?}/{:?}, with hostile plugins {:?}/{:?}; worst /health {worst_health:?}",
+        p50(&alone),
+        p99(&alone),
+        p50(&crowded),
+        p99(&crowded)
+    );
+    assert!(
+        worst_health < Duration::from_millis(50),
+        "/health took {worst_health:?}"
+    );
+    // Two plugins spinning for their whole 1 s CPU budget take real CPU from
+    // a 2-core machine; anything beyond that share would be interference.
+    assert!(
+        p50(&crowded) <= p50(&alone) * 3 + Duration::from_millis(100),
+        "p50 {:?} alone, {:?} beside hostile plugins",
+        p50(&alone),
+        p50(&crowded)
+    );
+
+    // No leak: three more hostile rounds, and memory comes back.
+    for round in ["again-1", "again-2", "again-3"] {
+        let ids = start_hostile_suite(&server, &trainer, round).await;
+        expect_errors(&trainer, &ids).await;
+    }
+    calc_batch(&server, &trainer, "after", 50).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(pid);
+    eprintln!("RSS baseline {baseline_rss} KiB, after three more hostile rounds {after} KiB");
+    assert!(
+        after <= baseline_rss + baseline_rss / 10,
+        "RSS {after} KiB vs baseline {baseline_rss} KiB"
+    );
+}
