@@ -320,3 +320,37 @@ async fn wrong_world_lists_what_the_component_exports() {
     );
     let _ = Duration::ZERO;
 }
+
+/// The calculator built by `cargo component build` (wasm32-wasip1 plus the
+/// preview1 adapter) serves like the wasm32-wasip2 build. Needs
+/// `cargo install cargo-component`; says so and passes without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_built_with_cargo_component_serves_too() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let installed = Command::new(&cargo)
+        .args(["component", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        eprintln!("skipped: cargo-component is not installed");
+        return;
+    }
+    let plugins = repo_root().join("plugins");
+    let built = tokio::task::spawn_blocking(move || {
+        Command::new(cargo)
+            .args(["component", "build", "--release", "--manifest-path"])
+            .arg(plugins.join("calc/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", plugins.join("target"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let wasm = repo_root().join("plugins/target/wasm32-wasip1/release/calc.wasm");
+    let trainer = Trainer::calculator("add", 5.0, 3.0, "8").await;
+    let server = Server::start_path(&wasm, &[]);
+    assert_eq!(server.init(&init_body("cc-1", &trainer)).await.0, 202);
+    let done = trainer.single_completion("cc-1").await;
+    assert_eq!((done["status"].as_str(), done["reward"].as_f64()), (Some("COMPLETED"), Some(1.0)), "{done}");
+}
