@@ -18,11 +18,31 @@ fn main() -> ExitCode {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    raise_open_file_limit();
     match rollout_host::server::serve(cli.server_config()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rollout-host: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Each rollout in flight holds a connection to the trainer: lift the soft
+/// limit on open files to the hard one, as servers for many connections do.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("cannot raise the open-file limit");
+            }
         }
     }
 }

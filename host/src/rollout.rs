@@ -45,7 +45,7 @@ pub async fn run(
         };
         let response = build_response(&request.rollout_id, instance.into_host(), outcome, started);
         match response.status {
-            RolloutStatus::Completed => tracing::info!(
+            RolloutStatus::Completed => tracing::debug!(
                 finish_reason = %response.finish_reason,
                 reward = ?response.reward,
                 "rollout completed"

@@ -101,10 +101,6 @@ impl TrainerClient {
         Ok(Self { http, policy })
     }
 
-    pub fn policy(&self) -> &RetryPolicy {
-        &self.policy
-    }
-
     /// `POST {server_url}/v1/chat/completions` with `body`; retries 5xx,
     /// timeouts and transport errors; 3xx/4xx are final.
     pub async fn chat(

@@ -346,11 +346,19 @@ async fn a_plugin_built_with_cargo_component_serves_too() {
     })
     .await
     .unwrap();
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     let wasm = repo_root().join("plugins/target/wasm32-wasip1/release/calc.wasm");
     let trainer = Trainer::calculator("add", 5.0, 3.0, "8").await;
     let server = Server::start_path(&wasm, &[]);
     assert_eq!(server.init(&init_body("cc-1", &trainer)).await.0, 202);
     let done = trainer.single_completion("cc-1").await;
-    assert_eq!((done["status"].as_str(), done["reward"].as_f64()), (Some("COMPLETED"), Some(1.0)), "{done}");
+    assert_eq!(
+        (done["status"].as_str(), done["reward"].as_f64()),
+        (Some("COMPLETED"), Some(1.0)),
+        "{done}"
+    );
 }

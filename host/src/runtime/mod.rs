@@ -114,10 +114,6 @@ impl Runtime {
         self.allocator
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.config.limits
-    }
-
     /// Compiles, checks and pre-instantiates a plugin, then instantiates it
     /// once to ask its name (which also proves it starts).
     pub async fn load(self: &Arc<Self>, path: &Path) -> Result<Plugin, LoadError> {
@@ -128,11 +124,7 @@ impl Runtime {
         self.load_bytes(path, &bytes).await
     }
 
-    pub async fn load_bytes(
-        self: &Arc<Self>,
-        path: &Path,
-        bytes: &[u8],
-    ) -> Result<Plugin, LoadError> {
+    async fn load_bytes(self: &Arc<Self>, path: &Path, bytes: &[u8]) -> Result<Plugin, LoadError> {
         let path = path.to_owned();
         if !wasmparser_is_component(bytes) {
             return Err(LoadError::NotAComponent { path });
@@ -281,10 +273,6 @@ impl Plugin {
         &self.name
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn new_store(&self, host: RolloutHost) -> Store<StoreState> {
         let limits = &self.runtime.config.limits;
         let mut store = Store::new(&self.runtime.engine, StoreState::new(host, limits));
@@ -301,6 +289,20 @@ impl Plugin {
         });
         store.set_epoch_deadline(1);
         store
+    }
+
+    /// Creates an instance and calls nothing in it (what `start` does
+    /// before `get-tools`; benchmarks measure it alone).
+    pub async fn instantiate(&self, host: RolloutHost) -> Result<Instance, String> {
+        let mut store = self.new_store(host);
+        let meter = store.data().meter.clone();
+        match meter.measure(self.pre.instantiate_async(&mut store)).await {
+            Ok(agent) => Ok(Instance { store, agent }),
+            Err(e) => Err(format!(
+                "plugin failed to start: {}",
+                trap::describe(&e, &mut store)
+            )),
+        }
     }
 
     /// Creates the rollout's instance and asks it for its tools, within the

@@ -181,7 +181,7 @@ async fn admit_and_start(app: &Arc<App>, request: RolloutRequest, key: String) -
             };
         }
     };
-    tracing::info!(rollout_id = %request.rollout_id, "rollout accepted");
+    tracing::debug!(rollout_id = %request.rollout_id, "rollout accepted");
     app.tasks.spawn(rollout::run(
         app.clone(),
         key,

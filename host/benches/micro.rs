@@ -1,0 +1,137 @@
+//! Microbenchmarks of the per-rollout hot path, in process:
+//! instantiation from the pre-instance (pooling and on-demand), instantiate
+//! plus `get-tools` (what an init does), and the JSON work on a 50-message
+//! history that each `chat` call costs the host.
+//!
+//! `cargo bench --bench micro`
+
+use rollout_host::runtime::{
+    AllocatorChoice, Limits, RolloutHost, Runtime, RuntimeConfig, WitRolloutRequest,
+};
+use rollout_host::trainer::chat_body;
+use serde_json::{Value, json};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod common;
+
+/// Runs `f` for `iters` iterations after a tenth as many warm-up ones and
+/// returns the mean time per iteration.
+async fn time<F, Fut>(iters: u32, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..iters / 10 {
+        f().await;
+    }
+    let started = Instant::now();
+    for _ in 0..iters {
+        f().await;
+    }
+    started.elapsed() / iters
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.2} us", d.as_secs_f64() * 1e6)
+}
+
+fn history(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| match i % 3 {
+            0 => json!({"role": "user", "content": format!("Question {i}: what is {i} plus {i}? Please show your work.")}),
+            1 => json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": format!("call_{i}"), "type": "function", "function": {"name": "add", "arguments": format!("{{\"a\": {i}, \"b\": {i}}}")}}]}),
+            _ => json!({"role": "tool", "content": format!("{}", 2 * i), "tool_call_id": format!("call_{}", i - 1)}),
+        })
+        .collect()
+}
+
+fn main() {
+    let plugin_path = common::build_calc();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let request = WitRolloutRequest {
+            rollout_id: "bench".into(),
+            messages: json!([{"role": "user", "content": "What is 2 + 3?"}]).to_string(),
+            completion_params: "{}".into(),
+            tool_server_url: None,
+            max_turns: 10,
+            max_tokens_total: 8192,
+            metadata: json!({"ground_truth": "5"}).to_string(),
+        };
+        println!("rollout-host micro benchmarks (calc.wasm)");
+        for allocator in [AllocatorChoice::Pooling, AllocatorChoice::OnDemand] {
+            let runtime = Arc::new(
+                Runtime::new(RuntimeConfig {
+                    limits: Limits::default(),
+                    instance_slots: 1000,
+                    allocator,
+                })
+                .expect("engine"),
+            );
+            let plugin = runtime.load(&plugin_path).await.expect("load calc.wasm");
+            let instantiate = time(20_000, || async {
+                black_box(
+                    plugin
+                        .instantiate(RolloutHost::detached("bench"))
+                        .await
+                        .unwrap(),
+                );
+            })
+            .await;
+            let start = time(20_000, || async {
+                black_box(
+                    plugin
+                        .start(RolloutHost::detached("bench"), &request)
+                        .await
+                        .unwrap(),
+                );
+            })
+            .await;
+            println!(
+                "  instantiate from pre-instance ({allocator:?})      {}",
+                us(instantiate)
+            );
+            println!(
+                "  instantiate + get-tools ({allocator:?})            {}",
+                us(start)
+            );
+        }
+
+        let messages = history(50);
+        let text = serde_json::to_string(&messages).unwrap();
+        let params = json!({"temperature": 0.7, "max_tokens": 256})
+            .as_object()
+            .unwrap()
+            .clone();
+        let parse = time(20_000, || async {
+            black_box(serde_json::from_str::<Vec<Value>>(black_box(&text)).unwrap());
+        })
+        .await;
+        let compare = time(20_000, || async {
+            black_box(black_box(&messages[..49]) == black_box(&messages[..49]));
+        })
+        .await;
+        let body = time(20_000, || async {
+            black_box(
+                serde_json::to_vec(&chat_body(black_box(&messages), &params, "bench")).unwrap(),
+            );
+        })
+        .await;
+        println!("  50-message history ({} bytes of JSON):", text.len());
+        println!(
+            "    parse (guest string -> host values)       {}",
+            us(parse)
+        );
+        println!(
+            "    append-only check against the last call   {}",
+            us(compare)
+        );
+        println!("    build + encode the chat request body      {}", us(body));
+    });
+}

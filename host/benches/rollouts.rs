@@ -1,0 +1,383 @@
+//! End-to-end benchmark: the real `rollout-host` release binary serving
+//! `calc.wasm`, driven by a scripted trainer in this process.
+//!
+//! ```text
+//! cargo bench --bench rollouts -- [--rollouts N] [--concurrency C]
+//!     [--trainer-latency-ms L] [--tool-turns T] [--warmup W] [-- HOST ARGS...]
+//! ```
+//!
+//! Prints throughput, init and end-to-end latency percentiles, the host's CPU
+//! time per rollout (from its own /proc accounting over the measured run), its
+//! peak RSS and RSS per in-flight rollout, and the error count.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, oneshot};
+
+mod common;
+use common::build_calc;
+
+struct Options {
+    rollouts: usize,
+    concurrency: usize,
+    trainer_latency: Duration,
+    tool_turns: usize,
+    warmup: usize,
+    /// Most init requests in flight at once (a trainer does not open
+    /// thousands of connections at the same instant).
+    init_parallelism: usize,
+    host_args: Vec<String>,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        rollouts: 20_000,
+        concurrency: 64,
+        trainer_latency: Duration::ZERO,
+        tool_turns: 1,
+        warmup: 1_000,
+        init_parallelism: 256,
+        host_args: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| -> Result<usize, String> {
+            args.next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("{name} takes a whole number"))
+        };
+        match arg.as_str() {
+            "--rollouts" => o.rollouts = value("--rollouts")?,
+            "--concurrency" => o.concurrency = value("--concurrency")?.max(1),
+            "--trainer-latency-ms" => {
+                o.trainer_latency = Duration::from_millis(value("--trainer-latency-ms")? as u64)
+            }
+            "--tool-turns" => o.tool_turns = value("--tool-turns")?,
+            "--warmup" => o.warmup = value("--warmup")?,
+            "--init-parallelism" => o.init_parallelism = value("--init-parallelism")?.max(1),
+            "--bench" => {} // passed by `cargo bench`
+            "--" => o.host_args.extend(args.by_ref()),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(o)
+}
+
+/// The scripted trainer: a tool call per turn until `tool_turns`, then the
+/// final answer; callbacks are handed to whoever waits for that rollout.
+struct Trainer {
+    latency: Duration,
+    tool_turns: usize,
+    waiting: Mutex<HashMap<String, oneshot::Sender<Value>>>,
+}
+
+async fn chat(State(t): State<Arc<Trainer>>, body: Bytes) -> (StatusCode, Bytes) {
+    let body: Value = serde_json::from_slice(&body).expect("chat body is JSON");
+    let turns_done = body["messages"]
+        .as_array()
+        .map_or(0, |m| m.iter().filter(|m| m["role"] == "tool").count());
+    if !t.latency.is_zero() {
+        tokio::time::sleep(t.latency).await;
+    }
+    let message = if turns_done < t.tool_turns {
+        json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": format!("call_{turns_done}"), "type": "function",
+             "function": {"name": "add", "arguments": "{\"a\": 2, \"b\": 3}"}}]})
+    } else {
+        json!({"role": "assistant", "content": "The sum is #### 5"})
+    };
+    let reply = json!({
+        "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
+        "choices": [{"index": 0, "message": message, "finish_reason": if turns_done < t.tool_turns { "tool_calls" } else { "stop" }}],
+        "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}
+    });
+    (StatusCode::OK, Bytes::from(reply.to_string()))
+}
+
+async fn completed(State(t): State<Arc<Trainer>>, body: Bytes) -> StatusCode {
+    let body: Value = serde_json::from_slice(&body).expect("callback is JSON");
+    let id = body["rollout_id"].as_str().unwrap_or_default().to_owned();
+    if let Some(tx) = t.waiting.lock().unwrap().remove(&id) {
+        let _ = tx.send(body);
+    }
+    StatusCode::OK
+}
+
+struct Host {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_host(plugin: &Path, o: &Options) -> Host {
+    let max_concurrent = o.concurrency.max(100).to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rollout-host"))
+        .arg("--plugin")
+        .arg(plugin)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--max-concurrent",
+            &max_concurrent,
+        ])
+        .args(["--max-queued", &o.concurrency.to_string()])
+        .args(&o.host_args)
+        .env("RUST_LOG", "warn,rollout_host::server=info")
+        .env_remove("RUST_BACKTRACE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start rollout-host");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("listening on http://") {
+                let _ = tx.send(Ok(line[at + "listening on ".len()..].trim().to_owned()));
+            } else if line.contains("allocator")
+                || line.contains("WARN")
+                || line.contains("ERROR")
+                || line.starts_with("rollout-host:")
+            {
+                eprintln!("host: {line}");
+            }
+        }
+        let _ = tx.send(Err(()));
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(Ok(url)) => Host { child, url },
+        _ => panic!("rollout-host did not start"),
+    }
+}
+
+/// (user + system CPU time, current RSS KiB, peak RSS KiB) of a process.
+fn process_usage(pid: u32) -> (Duration, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    // Fields 14 and 15 of stat (utime, stime), counted after the command name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        Duration::from_nanos(ticks * 1_000_000_000 / hz),
+        kib("VmRSS:"),
+        kib("VmHWM:"),
+    )
+}
+
+struct Run {
+    wall: Duration,
+    init: Vec<Duration>,
+    end_to_end: Vec<Duration>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+async fn drive(
+    host_url: &str,
+    trainer: &Arc<Trainer>,
+    trainer_url: &str,
+    prefix: &str,
+    n: usize,
+    o: &Options,
+) -> Run {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(o.init_parallelism)
+        .build()
+        .unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let init_slots = Arc::new(Semaphore::new(o.init_parallelism));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..o.concurrency.min(n.max(1)) {
+        let (client, next, init_slots, trainer) = (
+            client.clone(),
+            next.clone(),
+            init_slots.clone(),
+            trainer.clone(),
+        );
+        let (host_url, trainer_url, prefix) = (
+            host_url.to_owned(),
+            trainer_url.to_owned(),
+            prefix.to_owned(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut run = Run {
+                wall: Duration::ZERO,
+                init: Vec::new(),
+                end_to_end: Vec::new(),
+                errors: 0,
+                first_error: None,
+            };
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return run;
+                }
+                let id = format!("{prefix}-{i}");
+                let (tx, rx) = oneshot::channel();
+                trainer.waiting.lock().unwrap().insert(id.clone(), tx);
+                let body = json!({
+                    "rollout_id": id,
+                    "server_url": trainer_url,
+                    "messages": [{"role": "system", "content": "You are a calculator."},
+                                 {"role": "user", "content": "What is 2 + 3?"}],
+                    "completion_params": {"temperature": 0.7, "max_tokens": 256},
+                    "metadata": {"ground_truth": "5"}
+                });
+                let t0 = Instant::now();
+                let permit = init_slots.acquire().await.unwrap();
+                let sent = client
+                    .post(format!("{host_url}/v1/rollout/init"))
+                    .json(&body)
+                    .send()
+                    .await;
+                let status = sent.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
+                drop(permit);
+                run.init.push(t0.elapsed());
+                if status != 202 {
+                    run.errors += 1;
+                    run.first_error
+                        .get_or_insert(format!("init answered {status}: {sent:?}"));
+                    trainer.waiting.lock().unwrap().remove(&id);
+                    continue;
+                }
+                match tokio::time::timeout(Duration::from_secs(120), rx).await {
+                    Ok(Ok(done)) if done["status"] == "COMPLETED" && done["reward"] == 1.0 => {
+                        run.end_to_end.push(t0.elapsed())
+                    }
+                    other => {
+                        run.errors += 1;
+                        run.first_error.get_or_insert(format!("{id}: {other:?}"));
+                    }
+                }
+            }
+        }));
+    }
+    let mut total = Run {
+        wall: Duration::ZERO,
+        init: Vec::new(),
+        end_to_end: Vec::new(),
+        errors: 0,
+        first_error: None,
+    };
+    for w in workers {
+        let r = w.await.unwrap();
+        total.init.extend(r.init);
+        total.end_to_end.extend(r.end_to_end);
+        total.errors += r.errors;
+        total.first_error = total.first_error.or(r.first_error);
+    }
+    total.wall = started.elapsed();
+    total.init.sort();
+    total.end_to_end.sort();
+    total
+}
+
+fn pct(sorted: &[Duration], p: f64) -> String {
+    if sorted.is_empty() {
+        return "-".into();
+    }
+    let i = ((sorted.len() as f64 * p / 100.0).ceil() as usize).clamp(1, sorted.len()) - 1;
+    let d = sorted[i];
+    if d < Duration::from_millis(10) {
+        format!("{:.2} ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.0} ms", d.as_secs_f64() * 1e3)
+    }
+}
+
+fn main() {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("rollouts bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let plugin = build_calc();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let trainer = Arc::new(Trainer { latency: o.trainer_latency, tool_turns: o.tool_turns, waiting: Mutex::default() });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/v1/rollout/completed", post(completed))
+            .with_state(trainer.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let trainer_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let host = start_host(&plugin, &o);
+        let pid = host.child.id();
+        if o.warmup > 0 {
+            let warm = drive(&host.url, &trainer, &trainer_url, "warm", o.warmup, &o).await;
+            assert_eq!(warm.errors, 0, "warm-up failed: {:?}", warm.first_error);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (cpu_before, rss_idle, _) = process_usage(pid);
+        let run = drive(&host.url, &trainer, &trainer_url, "run", o.rollouts, &o).await;
+        let (cpu_after, _, rss_peak) = process_usage(pid);
+
+        let done = run.end_to_end.len();
+        let cpu = cpu_after - cpu_before;
+        let cpu_per = cpu.as_secs_f64() * 1e6 / o.rollouts.max(1) as f64;
+        let in_flight = o.concurrency.min(o.rollouts).max(1);
+        println!(
+            "rollout-host bench: {} rollouts, {} in flight, trainer latency {} ms, {} tool turn(s); {} CPUs",
+            o.rollouts,
+            o.concurrency,
+            o.trainer_latency.as_millis(),
+            o.tool_turns,
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        println!("  throughput            {:.0} rollouts/s ({done} completed in {:.2} s)", done as f64 / run.wall.as_secs_f64(), run.wall.as_secs_f64());
+        println!("  init latency          p50 {}  p99 {}", pct(&run.init, 50.0), pct(&run.init, 99.0));
+        println!("  end-to-end latency    p50 {}  p99 {}", pct(&run.end_to_end, 50.0), pct(&run.end_to_end, 99.0));
+        println!("  host CPU per rollout  {cpu_per:.0} us ({:.2} s over the run)", cpu.as_secs_f64());
+        println!(
+            "  host RSS              peak {:.1} MiB, idle {:.1} MiB, {:.1} KiB per in-flight rollout",
+            rss_peak as f64 / 1024.0,
+            rss_idle as f64 / 1024.0,
+            rss_peak.saturating_sub(rss_idle) as f64 / in_flight as f64
+        );
+        println!("  errors                {}", run.errors);
+        if let Some(e) = &run.first_error {
+            println!("  first error           {e}");
+        }
+        drop(host);
+        if run.errors > 0 {
+            std::process::exit(1);
+        }
+    });
+}
