@@ -139,7 +139,7 @@ fn start_host(plugin: &Path, o: &Options) -> Host {
             "--max-concurrent",
             &max_concurrent,
         ])
-        .args(["--max-queued", &o.concurrency.to_string()])
+        .args(["--max-queued", "1000"])
         .args(&o.host_args)
         .env("RUST_LOG", "warn,rollout_host::server=info")
         .env_remove("RUST_BACKTRACE")

@@ -105,14 +105,13 @@ impl TrainerClient {
     /// timeouts and transport errors; 3xx/4xx are final.
     pub async fn chat(
         &self,
-        server_url: &str,
+        url: &reqwest::Url,
         api_key: Option<&str>,
         body: Bytes,
     ) -> Result<ChatCompletion, TrainerError> {
-        let url = format!("{server_url}/v1/chat/completions");
         let (_, bytes) = self
             .post_with_retries(
-                &url,
+                url,
                 api_key,
                 body,
                 self.policy.chat_timeout,
@@ -129,7 +128,7 @@ impl TrainerClient {
         api_key: Option<&str>,
         response: &RolloutResponse,
     ) -> Result<StatusCode, TrainerError> {
-        let url = format!("{server_url}/v1/rollout/completed");
+        let url = endpoint(server_url, "/v1/rollout/completed")?;
         let body =
             serde_json::to_vec(response).map_err(|e| TrainerError::BadResponse(e.to_string()))?;
         let (status, _) = self
@@ -146,7 +145,7 @@ impl TrainerClient {
 
     async fn post_with_retries(
         &self,
-        url: &str,
+        url: &reqwest::Url,
         api_key: Option<&str>,
         body: Bytes,
         timeout: Duration,
@@ -173,14 +172,14 @@ impl TrainerClient {
 
     async fn post_once(
         &self,
-        url: &str,
+        url: &reqwest::Url,
         api_key: Option<&str>,
         body: Bytes,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), TrainerError> {
         let mut request = self
             .http
-            .post(url)
+            .post(url.clone())
             .timeout(timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
@@ -216,6 +215,13 @@ impl TrainerClient {
     }
 }
 
+/// `{server_url}{path}`, parsed once (a validated server URL always parses).
+pub fn endpoint(server_url: &str, path: &str) -> Result<reqwest::Url, TrainerError> {
+    reqwest::Url::parse(&format!("{server_url}{path}")).map_err(|e| {
+        TrainerError::Transport(format!("invalid trainer URL {server_url}{path}: {e}"))
+    })
+}
+
 fn classify(e: reqwest::Error) -> TrainerError {
     let text = error_chain(&e);
     if e.is_timeout() {
@@ -236,26 +242,35 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// A chat request body: the history (borrowed, not copied) and the other
+/// fields flattened beside it.
+#[derive(Debug, serde::Serialize)]
+pub struct ChatBody<'a> {
+    pub messages: &'a [Value],
+    #[serde(flatten)]
+    pub fields: Map<String, Value>,
+}
+
 /// Builds the chat request body: the reference's defaults, the agent's
 /// parameters (all forwarded, `stop` as a list) and the routing `rollout_id`.
-pub fn chat_body(
-    messages: &[Value],
+pub fn chat_body<'a>(
+    messages: &'a [Value],
     params: &Map<String, Value>,
     rollout_id: &str,
-) -> Map<String, Value> {
-    let mut body = Map::with_capacity(params.len() + 7);
-    body.insert("model".into(), json!("default"));
-    body.insert("rollout_id".into(), json!(rollout_id));
-    body.insert("temperature".into(), json!(1.0));
-    body.insert("top_p".into(), json!(1.0));
-    body.insert("max_tokens".into(), json!(512));
-    body.insert("logprobs".into(), json!(true));
+) -> ChatBody<'a> {
+    let mut fields = Map::new();
+    fields.insert("model".into(), json!("default"));
+    fields.insert("rollout_id".into(), json!(rollout_id));
+    fields.insert("temperature".into(), json!(1.0));
+    fields.insert("top_p".into(), json!(1.0));
+    fields.insert("max_tokens".into(), json!(512));
+    fields.insert("logprobs".into(), json!(true));
     for (k, v) in params {
         match (k.as_str(), v) {
             ("messages" | "rollout_id", _) => {}
             ("stop", Value::Null) => {}
             ("stop", Value::String(s)) => {
-                body.insert("stop".into(), json!([s]));
+                fields.insert("stop".into(), json!([s]));
             }
             (_, Value::Null)
                 if matches!(
@@ -263,12 +278,11 @@ pub fn chat_body(
                     "temperature" | "top_p" | "max_tokens" | "logprobs"
                 ) => {}
             _ => {
-                body.insert(k.clone(), v.clone());
+                fields.insert(k.clone(), v.clone());
             }
         }
     }
-    body.insert("messages".into(), Value::Array(messages.to_vec()));
-    body
+    ChatBody { messages, fields }
 }
 
 fn parse_chat_completion(bytes: &[u8]) -> Result<ChatCompletion, TrainerError> {
@@ -328,7 +342,9 @@ mod tests {
             .as_object()
             .unwrap()
             .clone();
-        let body = chat_body(&[json!({"role": "user", "content": "hi"})], &params, "r-1");
+        let messages = [json!({"role": "user", "content": "hi"})];
+        let body = serde_json::to_value(chat_body(&messages, &params, "r-1")).unwrap();
+        assert_eq!(body["messages"], json!(messages));
         assert_eq!(body["temperature"], json!(0.2));
         assert_eq!(body["top_p"], json!(1.0));
         assert_eq!(body["max_tokens"], json!(512));
@@ -337,8 +353,8 @@ mod tests {
         assert_eq!(body["logprobs"], json!(true));
         assert_eq!(body["rollout_id"], json!("r-1"));
         assert_eq!(body["model"], json!("default"));
-        let no_stop = chat_body(&[], &Map::new(), "r");
-        assert!(!no_stop.contains_key("stop"));
+        let no_stop = serde_json::to_value(chat_body(&[], &Map::new(), "r")).unwrap();
+        assert!(no_stop.get("stop").is_none());
     }
 
     #[test]

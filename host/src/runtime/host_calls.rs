@@ -94,18 +94,22 @@ impl RolloutHost {
             return Err(invalid("chat is not available outside a rollout"));
         };
         let messages = parse_messages(&request.messages, "messages").map_err(invalid)?;
+        let own_params;
         let params = match &request.params {
-            Some(text) => parse_object(text, "params").map_err(invalid)?,
-            None => self.completion_params.clone(),
+            Some(text) => {
+                own_params = parse_object(text, "params").map_err(invalid)?;
+                &own_params
+            }
+            None => &self.completion_params,
         };
         self.check_append_only(&messages)?;
 
-        let body = serde_json::to_vec(&chat_body(&messages, &params, &self.rollout_id))
+        let body = serde_json::to_vec(&chat_body(&messages, params, &self.rollout_id))
             .map_err(|e| invalid(format!("cannot encode the chat request: {e}")))?;
         let started = Instant::now();
         let result = trainer
             .client
-            .chat(&trainer.server_url, trainer.api_key.as_deref(), body.into())
+            .chat(&trainer.chat_url, trainer.api_key.as_deref(), body.into())
             .await;
         self.metrics.llm_latency_ms += started.elapsed().as_secs_f64() * 1000.0;
         let completion = result.map_err(|e| {

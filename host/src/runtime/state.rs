@@ -15,8 +15,8 @@ use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 #[derive(Debug, Clone)]
 pub struct TrainerLink {
     pub client: TrainerClient,
-    /// Base URL, trailing `/` stripped.
-    pub server_url: String,
+    /// `{server_url}/v1/chat/completions`, parsed once per rollout.
+    pub chat_url: reqwest::Url,
     pub api_key: Option<String>,
 }
 

@@ -47,8 +47,11 @@ pub async fn init(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -
         Claim::Wait(rx) => idempotency::wait(rx).await,
         Claim::New(ticket) => {
             // In a task of its own, so a trainer that hangs up cannot leave
-            // the key half-claimed; on the plugin runtime, like the run.
-            let task = app.guests.spawn(accept(app.clone(), request, ticket));
+            // the key half-claimed. `get-tools` runs here on the HTTP
+            // runtime, so init latency does not queue behind running agents;
+            // a spinning `get-tools` still yields every epoch tick and is
+            // stopped by the CPU budget.
+            let task = tokio::spawn(accept(app.clone(), request, ticket));
             task.await.unwrap_or_else(|e| InitOutcome::Failed {
                 status: 500,
                 body: error_body(&format!("init failed: {e}")),
@@ -91,7 +94,7 @@ async fn accept(app: Arc<App>, request: RolloutRequest, ticket: Ticket) -> InitO
     outcome
 }
 
-async fn admit_and_start(app: &Arc<App>, request: RolloutRequest, key: String) -> InitOutcome {
+async fn admit_and_start(app: &Arc<App>, mut request: RolloutRequest, key: String) -> InitOutcome {
     if app.shutdown.is_cancelled() || app.tasks.is_closed() {
         return InitOutcome::Failed {
             status: 503,
@@ -121,15 +124,25 @@ async fn admit_and_start(app: &Arc<App>, request: RolloutRequest, key: String) -
     };
 
     let wit_request = wit_request(&request);
+    let chat_url = match crate::trainer::endpoint(&request.server_url, "/v1/chat/completions") {
+        Ok(url) => url,
+        Err(e) => {
+            release();
+            return InitOutcome::Failed {
+                status: 422,
+                body: error_body(&e.to_string()),
+            };
+        }
+    };
     let host = RolloutHost::new(
         &request.rollout_id,
         TrainerLink {
             client: app.trainer.clone(),
-            server_url: request.server_url.clone(),
+            chat_url,
             api_key: request.api_key.clone(),
         },
-        request.messages.clone(),
-        request.completion_params.clone(),
+        std::mem::take(&mut request.messages),
+        std::mem::take(&mut request.completion_params),
         app.debug_log
             .as_ref()
             .map(|log| log.rollout(&request.rollout_id)),
@@ -182,25 +195,26 @@ async fn admit_and_start(app: &Arc<App>, request: RolloutRequest, key: String) -
         }
     };
     tracing::debug!(rollout_id = %request.rollout_id, "rollout accepted");
-    app.tasks.spawn(rollout::run(
-        app.clone(),
-        key,
-        request,
-        wit_request,
-        instance,
-        plugin,
-    ));
+    app.tasks.spawn_on(
+        rollout::run(app.clone(), key, request, wit_request, instance, plugin),
+        &app.guests,
+    );
     InitOutcome::Accepted(body)
 }
 
 fn wit_request(r: &RolloutRequest) -> WitRolloutRequest {
     WitRolloutRequest {
         rollout_id: r.rollout_id.clone(),
-        messages: Value::from(r.messages.clone()).to_string(),
-        completion_params: Value::from(r.completion_params.clone()).to_string(),
+        messages: encode(&r.messages),
+        completion_params: encode(&r.completion_params),
         tool_server_url: r.tool_server_url.clone(),
         max_turns: r.max_turns,
         max_tokens_total: r.max_tokens_total,
-        metadata: Value::from(r.metadata.clone()).to_string(),
+        metadata: encode(&r.metadata),
     }
+}
+
+/// JSON text of parsed JSON (encoding `serde_json` values cannot fail).
+fn encode<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }

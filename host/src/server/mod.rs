@@ -101,8 +101,9 @@ pub struct App {
 }
 
 /// Runs the server on two runtimes: a small one for HTTP (accept, parse,
-/// health) and one that executes plugins. A busy plugin is preempted by the
-/// OS there, so it cannot hold up `/health` or the admission of new inits.
+/// health, init's `get-tools`) and one that runs the agents, whose threads
+/// run at a lower OS priority. Busy agents are preempted by the OS in favour
+/// of the front end, so they cannot hold up `/health` or new inits.
 pub fn serve(config: ServerConfig) -> Result<(), ServerError> {
     let front = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -112,12 +113,22 @@ pub fn serve(config: ServerConfig) -> Result<(), ServerError> {
         .map_err(ServerError::Runtime)?;
     let guests = tokio::runtime::Builder::new_multi_thread()
         .thread_name("plugin")
+        .on_thread_start(lower_thread_priority)
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;
     let result = front.block_on(run(config, guests.handle().clone()));
     guests.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// Nice +5 for the calling thread (Linux applies nice per thread).
+fn lower_thread_priority() {
+    // SAFETY: setpriority only reads its arguments; who = 0 is this thread.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 5);
+    }
 }
 
 /// Loads the plugin, binds, serves until SIGINT/SIGTERM, then drains;
