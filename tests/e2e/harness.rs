@@ -235,6 +235,11 @@ impl Trainer {
         Self::start(calculator_script(op, a, b, answer)).await
     }
 
+    /// The calculator script for `1 + 1`, answering every chat after `delay`.
+    pub async fn slow(delay: Duration) -> Trainer {
+        Self::start_with(calculator_script("add", 1.0, 1.0, "2"), 200, delay).await
+    }
+
     pub async fn start_with(
         script: impl Fn(&Value, usize) -> (u16, Value) + Send + Sync + 'static,
         completed_status: u16,

@@ -307,12 +307,7 @@ async fn callback_5xx_is_retried() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn full_server_answers_429_with_retry_after() {
-    let trainer = Trainer::start_with(
-        calculator_script("add", 1.0, 1.0, "2"),
-        200,
-        Duration::from_millis(800),
-    )
-    .await;
+    let trainer = Trainer::slow(Duration::from_millis(800)).await;
     let server = Server::start("calc", &["--max-concurrent", "1", "--max-queued", "1"]);
     assert_eq!(server.init(&init_body("q-1", &trainer)).await.0, 202);
     assert_eq!(
@@ -338,12 +333,7 @@ async fn full_server_answers_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_sends_one_error_callback_for_unfinished_rollouts() {
-    let trainer = Trainer::start_with(
-        calculator_script("add", 1.0, 1.0, "2"),
-        200,
-        Duration::from_secs(20),
-    )
-    .await;
+    let trainer = Trainer::slow(Duration::from_secs(20)).await;
     let mut server = Server::start("calc", &["--shutdown-grace", "0.2"]);
     assert_eq!(server.init(&init_body("r-shut", &trainer)).await.0, 202);
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -195,12 +195,7 @@ async fn malformed_host_calls_are_errors_inside_the_guest() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cpu_budget_excludes_time_waiting_for_the_trainer() {
-    let trainer = Trainer::start_with(
-        calculator_script("add", 1.0, 1.0, "2"),
-        200,
-        Duration::from_millis(2500),
-    )
-    .await;
+    let trainer = Trainer::slow(Duration::from_millis(2500)).await;
     let server = Server::start("misbehave", &["--cpu-budget", "1"]);
     let (done, took) = run_hostile(&server, &trainer, "slow-chat", "calc").await;
     assert_eq!(

@@ -29,8 +29,6 @@ use wasmtime::{
 
 /// The WIT interface a plugin must export.
 pub const AGENT_INTERFACE: &str = "osmosis:rollout/agent@0.1.0";
-/// The WIT interface the host provides.
-pub const HOST_INTERFACE: &str = "osmosis:rollout/host@0.1.0";
 
 /// Settings of the wasm runtime.
 #[derive(Debug, Clone)]
@@ -118,21 +116,16 @@ impl Runtime {
     /// Compiles, checks and pre-instantiates a plugin, then instantiates it
     /// once to ask its name (which also proves it starts).
     pub async fn load(self: &Arc<Self>, path: &Path) -> Result<Plugin, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_owned(),
+        let path = path.to_owned();
+        let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
+            path: path.clone(),
             source,
         })?;
-        self.load_bytes(path, &bytes).await
-    }
-
-    async fn load_bytes(self: &Arc<Self>, path: &Path, bytes: &[u8]) -> Result<Plugin, LoadError> {
-        let path = path.to_owned();
-        if !wasmparser_is_component(bytes) {
+        if !is_component(&bytes) {
             return Err(LoadError::NotAComponent { path });
         }
         let engine = self.engine.clone();
-        let owned = bytes.to_vec();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, owned))
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, bytes))
             .await
             .map_err(|e| LoadError::Engine(e.to_string()))?
             .map_err(|e| LoadError::Invalid {
@@ -157,23 +150,16 @@ impl Runtime {
             name: String::new(),
             path,
         };
-        let mut store = plugin.new_store(RolloutHost::detached("startup"));
-        let agent = plugin
-            .pre
-            .instantiate_async(&mut store)
+        let startup = |reason| LoadError::Startup {
+            path: plugin.path.clone(),
+            reason,
+        };
+        let mut instance = plugin
+            .instantiate(RolloutHost::detached("startup"))
             .await
-            .map_err(|e| LoadError::Startup {
-                path: plugin.path.clone(),
-                reason: one_line(&e),
-            })?;
-        let meter = store.data().meter.clone();
-        plugin.name = meter
-            .measure(agent.osmosis_rollout_agent().call_name(&mut store))
-            .await
-            .map_err(|e| LoadError::Startup {
-                path: plugin.path.clone(),
-                reason: trap::classify(&e, &store).0,
-            })?;
+            .map_err(startup)?;
+        let name = instance.name().await.map_err(startup)?;
+        plugin.name = name;
         Ok(plugin)
     }
 }
@@ -237,7 +223,7 @@ fn new_engine(config: &RuntimeConfig) -> Result<(Engine, Allocator), LoadError> 
 
 /// The component-model layer byte of the wasm header (core modules have
 /// version 1, layer 0; components layer 1).
-fn wasmparser_is_component(bytes: &[u8]) -> bool {
+fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[0..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }
 
@@ -364,6 +350,16 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// The agent's `name` export.
+    pub async fn name(&mut self) -> Result<String, String> {
+        let exports: &AgentExports = self.agent.osmosis_rollout_agent();
+        let meter = self.store.data().meter.clone();
+        meter
+            .measure(exports.call_name(&mut self.store))
+            .await
+            .map_err(|e| format!("plugin name {}", trap::describe(&e, &mut self.store)))
+    }
+
     /// Runs the agent loop to its end: `Err` says how the guest failed.
     /// Dropping the future stops the guest.
     pub async fn run(&mut self, request: &WitRolloutRequest) -> Result<(), String> {

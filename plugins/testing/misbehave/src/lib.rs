@@ -55,10 +55,11 @@ impl Agent for Misbehave {
                 Ok(())
             }
             "big-log" => {
-                let mut data = String::with_capacity((100 << 20) + 16);
-                data.push_str("{\"blob\": \"");
-                data.extend(std::iter::repeat_n('x', 100 << 20));
-                data.push_str("\"}");
+                let mut bytes = Vec::with_capacity((100 << 20) + 16);
+                bytes.extend_from_slice(b"{\"blob\": \"");
+                bytes.resize(bytes.len() + (100 << 20), b'x');
+                bytes.extend_from_slice(b"\"}");
+                let data = String::from_utf8(bytes).map_err(|e| e.to_string())?;
                 host::log_event("big", &data);
                 ctx.complete(&messages, "stop", None)
             }
