@@ -60,11 +60,37 @@ pub fn host_binary() -> &'static str {
     env!("CARGO_BIN_EXE_rollout-host")
 }
 
+/// One server at a time: the limit and latency tests time things on a
+/// 2-core machine, so servers do not compete with each other for the CPU.
+struct Serial;
+
+static BUSY: Mutex<bool> = Mutex::new(false);
+static FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+impl Serial {
+    fn acquire() -> Serial {
+        let mut busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
+        while *busy {
+            busy = FREED.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        *busy = true;
+        Serial
+    }
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        *BUSY.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        FREED.notify_one();
+    }
+}
+
 /// A running `rollout-host`; killed on drop.
 pub struct Server {
     child: Child,
     pub url: String,
     log: Arc<Mutex<String>>,
+    _serial: Serial,
 }
 
 impl Server {
@@ -73,6 +99,7 @@ impl Server {
     }
 
     pub fn start_path(plugin: &Path, args: &[&str]) -> Server {
+        let serial = Serial::acquire();
         let mut child = Command::new(host_binary())
             .arg("--plugin")
             .arg(plugin)
@@ -113,7 +140,12 @@ impl Server {
             }
         });
         match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(url) => Server { child, url, log },
+            Ok(url) => Server {
+                child,
+                url,
+                log,
+                _serial: serial,
+            },
             Err(_) => {
                 let _ = child.kill();
                 panic!("rollout-host did not start:\n{}", log.lock().unwrap());

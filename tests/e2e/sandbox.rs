@@ -224,6 +224,14 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// RSS after the same small calculator batch and a pause, so that baseline
+/// and final readings see the allocator in the same state.
+async fn settled_rss(server: &Server, trainer: &Trainer, prefix: &str, pid: u32) -> u64 {
+    calc_batch(server, trainer, prefix, 50).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rss_kib(pid)
+}
+
 async fn calc_batch(server: &Server, trainer: &Trainer, prefix: &str, n: usize) -> Vec<Duration> {
     let mut tasks = Vec::new();
     for i in 0..n {
@@ -322,7 +330,7 @@ async fn hostile_rollouts_do_not_disturb_the_others_or_leak() {
     let ids = start_hostile_suite(&server, &trainer, "warm").await;
     expect_errors(&trainer, &ids).await;
     let alone = calc_batch(&server, &trainer, "alone", 200).await;
-    let baseline_rss = rss_kib(pid);
+    let baseline_rss = settled_rss(&server, &trainer, "before", pid).await;
 
     // The same 200 while every kind of hostile plugin runs.
     let ids = start_hostile_suite(&server, &trainer, "crowded").await;
@@ -364,10 +372,11 @@ async fn hostile_rollouts_do_not_disturb_the_others_or_leak() {
         worst_health < Duration::from_millis(50),
         "/health took {worst_health:?}"
     );
-    // Two plugins spinning for their whole 1 s CPU budget take real CPU from
-    // a 2-core machine; anything beyond that share would be interference.
+    // The plugins spinning for their whole 1 s CPU budget share one lane of
+    // `cores - 1` slots: on a 2-core machine they take at most half the CPU,
+    // so the calculator batch may take up to twice as long, and no more.
     assert!(
-        p50(&crowded) <= p50(&alone) * 3 + Duration::from_millis(100),
+        p50(&crowded) <= p50(&alone) * 2 + Duration::from_millis(50),
         "p50 {:?} alone, {:?} beside hostile plugins",
         p50(&alone),
         p50(&crowded)
@@ -377,10 +386,12 @@ async fn hostile_rollouts_do_not_disturb_the_others_or_leak() {
     for round in ["again-1", "again-2", "again-3"] {
         let ids = start_hostile_suite(&server, &trainer, round).await;
         expect_errors(&trainer, &ids).await;
+        eprintln!(
+            "RSS after {round}: {} KiB",
+            settled_rss(&server, &trainer, round, pid).await
+        );
     }
-    calc_batch(&server, &trainer, "after", 50).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = rss_kib(pid);
+    let after = settled_rss(&server, &trainer, "after", pid).await;
     eprintln!("RSS baseline {baseline_rss} KiB, after three more hostile rounds {after} KiB");
     assert!(
         after <= baseline_rss + baseline_rss / 10,

@@ -2,9 +2,10 @@
 //! the two mechanisms a guest cannot dodge: the memory limiter and the CPU
 //! meter driven by epoch interruption.
 
+use super::fair_share::Turn;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use wasmtime::{EngineWeak, ResourceLimiter};
@@ -176,10 +177,12 @@ impl ResourceLimiter for GuestLimiter {
 
 /// Time a guest has spent executing: the time spent inside `poll` of its
 /// calls. Waiting in an async host call (`chat`) returns `Pending` and is
-/// not counted.
+/// not counted. The end of each poll also ends the guest's turn in the
+/// heavy lane, if it had one.
 #[derive(Debug, Default)]
 pub struct CpuMeter {
     state: Mutex<(Duration, Option<Instant>)>,
+    pub turn: Arc<Turn>,
 }
 
 impl CpuMeter {
@@ -207,6 +210,7 @@ impl CpuMeter {
             self.start();
             let result = fut.as_mut().poll(cx);
             self.stop();
+            self.turn.end();
             match result {
                 Poll::Ready(v) => Poll::Ready(v),
                 Poll::Pending => Poll::Pending,

@@ -2,6 +2,7 @@
 //! once, and a fresh `Store` + instance per rollout.
 
 mod bindings;
+mod fair_share;
 mod guest_io;
 mod host_calls;
 mod limits;
@@ -90,6 +91,7 @@ pub struct Runtime {
     linker: Linker<StoreState>,
     allocator: Allocator,
     config: RuntimeConfig,
+    heavy_lane: fair_share::HeavyLane,
 }
 
 impl Runtime {
@@ -106,6 +108,7 @@ impl Runtime {
             linker,
             allocator,
             config,
+            heavy_lane: fair_share::HeavyLane::for_this_machine(),
         })
     }
 
@@ -280,13 +283,23 @@ impl Plugin {
         store.limiter(|s| &mut s.limiter);
         // Called every epoch tick while the guest executes: stop it once its
         // CPU time is over budget, else yield to the async runtime so one
-        // busy guest cannot starve the others.
+        // busy guest cannot starve the others; a heavy guest also waits for
+        // its next turn in the heavy lane.
         let budget = limits.cpu_budget;
+        let lane = self.runtime.heavy_lane.clone();
         store.epoch_deadline_callback(move |ctx| {
-            if ctx.data().meter.used() > budget {
+            let meter = &ctx.data().meter;
+            let used = meter.used();
+            if used > budget {
                 return Err(LimitExceeded::Cpu(budget).into());
             }
-            Ok(UpdateDeadline::Yield(1))
+            if used < fair_share::HEAVY_AFTER {
+                return Ok(UpdateDeadline::Yield(1));
+            }
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                lane.next_turn(meter.turn.clone()),
+            ))
         });
         store.set_epoch_deadline(1);
         store

@@ -106,7 +106,7 @@ pub struct App {
 /// of the front end, so they cannot hold up `/health` or new inits.
 pub fn serve(config: ServerConfig) -> Result<(), ServerError> {
     let front = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .thread_name("http")
         .enable_all()
         .build()
