@@ -198,7 +198,7 @@ impl RolloutContext {
     /// no-op when the server runs without `--log`.
     pub fn log_event(&self, event: &str, data: Value) {
         if self.debug_log_enabled {
-            host::log_event(event, &data.to_string());
+            host::log_event(event, &crate::json_text(&data));
         }
     }
 
@@ -236,7 +236,7 @@ impl RolloutContext {
             reward,
             tool_metrics: self.tool_metrics(),
             extra_fields: (!extra_fields.is_empty())
-                .then(|| Value::Object(extra_fields).to_string()),
+                .then(|| crate::json_text(&Value::Object(extra_fields))),
         };
         host::complete(&completion).map_err(describe_complete_error)
     }

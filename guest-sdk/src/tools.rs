@@ -138,7 +138,7 @@ pub fn format_tool_value(value: &Value) -> String {
             Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
             _ => n.to_string(),
         },
-        other => other.to_string(),
+        other => crate::json_text(other),
     }
 }
 

@@ -153,11 +153,8 @@ fn start_host(plugin: &Path, o: &Options) -> Host {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(at) = line.find("listening on http://") {
                 let _ = tx.send(Ok(line[at + "listening on ".len()..].trim().to_owned()));
-            } else if line.contains("allocator")
-                || line.contains("WARN")
-                || line.contains("ERROR")
-                || line.starts_with("rollout-host:")
-            {
+            } else {
+                // RUST_LOG keeps this to warnings and start-up lines.
                 eprintln!("host: {line}");
             }
         }
@@ -165,19 +162,34 @@ fn start_host(plugin: &Path, o: &Options) -> Host {
     });
     match rx.recv_timeout(Duration::from_secs(120)) {
         Ok(Ok(url)) => Host { child, url },
-        _ => panic!("rollout-host did not start"),
+        _ => {
+            eprintln!("rollouts bench: rollout-host did not start (its output is above)");
+            std::process::exit(1);
+        }
     }
 }
 
-/// (user + system CPU time, current RSS KiB, peak RSS KiB) of a process.
-fn process_usage(pid: u32) -> (Duration, u64, u64) {
+/// What /proc says of a process.
+struct Usage {
+    user: Duration,
+    system: Duration,
+    rss_kib: u64,
+    peak_rss_kib: u64,
+    /// Resident shared-memory pages: the plugin's data-segment image, one
+    /// copy mapped copy-on-write into every instance and counted in RSS
+    /// once per mapping.
+    shmem_kib: u64,
+}
+
+fn process_usage(pid: u32) -> Usage {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
         .split_whitespace()
         .collect();
     // Fields 14 and 15 of stat (utime, stime), counted after the command name.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let ticks =
+        |i: usize| Duration::from_nanos(fields[i].parse::<u64>().unwrap() * 1_000_000_000 / hz);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let kib = |key: &str| -> u64 {
         status
@@ -186,11 +198,46 @@ fn process_usage(pid: u32) -> (Duration, u64, u64) {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     };
-    (
-        Duration::from_nanos(ticks * 1_000_000_000 / hz),
-        kib("VmRSS:"),
-        kib("VmHWM:"),
-    )
+    Usage {
+        user: ticks(11),
+        system: ticks(12),
+        rss_kib: kib("VmRSS:"),
+        peak_rss_kib: kib("VmHWM:"),
+        shmem_kib: kib("RssShmem:"),
+    }
+}
+
+/// Samples a process's RSS every 50 ms on a thread of its own: the highest
+/// reading, and how much of it was shared memory.
+struct RssSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, u64)>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut peak = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    let u = process_usage(pid);
+                    if u.rss_kib > peak.0 {
+                        peak = (u.rss_kib, u.shmem_kib);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                peak
+            }
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
 }
 
 struct Run {
@@ -324,12 +371,25 @@ fn main() {
         }
     };
     let plugin = build_calc();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The trainer and the driver each get a thread of their own, so the
+    // driver's clock is not held up behind the trainer's request queue (in
+    // production the trainer is another machine).
+    let trainer_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("trainer")
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async move {
-        let trainer = Arc::new(Trainer { latency: o.trainer_latency, tool_turns: o.tool_turns, waiting: Mutex::default() });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let trainer = Arc::new(Trainer {
+        latency: o.trainer_latency,
+        tool_turns: o.tool_turns,
+        waiting: Mutex::default(),
+    });
+    let trainer_url = trainer_runtime.block_on(async {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/rollout/completed", post(completed))
@@ -337,6 +397,9 @@ fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let trainer_url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
+        trainer_url
+    });
+    runtime.block_on(async move {
 
         let host = start_host(&plugin, &o);
         let pid = host.child.id();
@@ -345,14 +408,19 @@ fn main() {
             assert_eq!(warm.errors, 0, "warm-up failed: {:?}", warm.first_error);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let (cpu_before, rss_idle, _) = process_usage(pid);
+        let before = process_usage(pid);
+        let sampler = RssSampler::start(pid);
         let run = drive(&host.url, &trainer, &trainer_url, "run", o.rollouts, &o).await;
-        let (cpu_after, _, rss_peak) = process_usage(pid);
+        let after = process_usage(pid);
+        let (sampled_peak, shmem_at_peak) = sampler.stop();
 
         let done = run.end_to_end.len();
-        let cpu = cpu_after - cpu_before;
-        let cpu_per = cpu.as_secs_f64() * 1e6 / o.rollouts.max(1) as f64;
+        let per_rollout = |d: Duration| d.as_secs_f64() * 1e6 / o.rollouts.max(1) as f64;
+        let (user, system) = (after.user - before.user, after.system - before.system);
         let in_flight = o.concurrency.min(o.rollouts).max(1);
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let rss_peak = after.peak_rss_kib.max(sampled_peak);
+        let private_peak = sampled_peak.saturating_sub(shmem_at_peak);
         println!(
             "rollout-host bench: {} rollouts, {} in flight, trainer latency {} ms, {} tool turn(s); {} CPUs",
             o.rollouts,
@@ -364,12 +432,23 @@ fn main() {
         println!("  throughput            {:.0} rollouts/s ({done} completed in {:.2} s)", done as f64 / run.wall.as_secs_f64(), run.wall.as_secs_f64());
         println!("  init latency          p50 {}  p99 {}", pct(&run.init, 50.0), pct(&run.init, 99.0));
         println!("  end-to-end latency    p50 {}  p99 {}", pct(&run.end_to_end, 50.0), pct(&run.end_to_end, 99.0));
-        println!("  host CPU per rollout  {cpu_per:.0} us ({:.2} s over the run)", cpu.as_secs_f64());
+        println!(
+            "  host CPU per rollout  {:.0} us (user {:.0}, system {:.0}; {:.2} s over the run)",
+            per_rollout(user + system),
+            per_rollout(user),
+            per_rollout(system),
+            (user + system).as_secs_f64()
+        );
         println!(
             "  host RSS              peak {:.1} MiB, idle {:.1} MiB, {:.1} KiB per in-flight rollout",
-            rss_peak as f64 / 1024.0,
-            rss_idle as f64 / 1024.0,
-            rss_peak.saturating_sub(rss_idle) as f64 / in_flight as f64
+            mib(rss_peak),
+            mib(before.rss_kib),
+            rss_peak.saturating_sub(before.rss_kib) as f64 / in_flight as f64
+        );
+        println!(
+            "                        at the sampled peak: {:.1} MiB private, {:.1} MiB shared plugin image (one copy, counted once per instance)",
+            mib(private_peak),
+            mib(shmem_at_peak)
         );
         println!("  errors                {}", run.errors);
         if let Some(e) = &run.first_error {

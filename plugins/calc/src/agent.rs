@@ -70,57 +70,68 @@ impl Agent for Calculator {
 
     fn run(&self, ctx: &mut RolloutContext) -> Result<(), AgentError> {
         let tools = toolbox();
-        let request = ctx.request().clone();
-        let mut messages = request.messages.clone();
+        let (max_turns, max_tokens_total) =
+            (ctx.request().max_turns, ctx.request().max_tokens_total);
+        let mut messages = ctx.request().messages.clone();
         let mut finish_reason = "max_turns".to_owned();
+        // The events are built only when the server keeps a debug log.
+        let logging = ctx.debug_log_enabled();
 
-        for turn in 0..request.max_turns {
-            ctx.log_event(
-                "pre_llm",
-                json!({"turn": turn, "num_messages": messages.len()}),
-            );
+        for turn in 0..max_turns {
+            if logging {
+                ctx.log_event(
+                    "pre_llm",
+                    json!({"turn": turn, "num_messages": messages.len()}),
+                );
+            }
             let reply = ctx.chat(&messages)?;
-            messages.push(reply.message.clone());
             let tool_calls = reply.tool_calls().to_vec();
-            ctx.log_event(
-                "llm_response",
-                json!({
-                    "turn": turn,
-                    "has_tool_calls": !tool_calls.is_empty(),
-                    "num_tool_calls": tool_calls.len(),
-                    "finish_reason": reply.finish_reason,
-                    "completion_tokens": reply.usage.completion_tokens,
-                }),
-            );
+            if logging {
+                ctx.log_event(
+                    "llm_response",
+                    json!({
+                        "turn": turn,
+                        "has_tool_calls": !tool_calls.is_empty(),
+                        "num_tool_calls": tool_calls.len(),
+                        "finish_reason": reply.finish_reason,
+                        "completion_tokens": reply.usage.completion_tokens,
+                    }),
+                );
+            }
+            messages.push(reply.message);
             if tool_calls.is_empty() {
                 finish_reason = reply.finish_reason;
                 break;
             }
             let results = tools.execute(ctx, &tool_calls);
-            ctx.log_event(
-                "tool_results",
-                json!({
-                    "turn": turn,
-                    "num_tool_results": results.len(),
-                    "results": results.iter().map(|m| m["content"].clone()).collect::<Vec<_>>(),
-                }),
-            );
+            if logging {
+                ctx.log_event(
+                    "tool_results",
+                    json!({
+                        "turn": turn,
+                        "num_tool_results": results.len(),
+                        "results": results.iter().map(|m| m["content"].clone()).collect::<Vec<_>>(),
+                    }),
+                );
+            }
             messages.extend(results);
-            if ctx.completion_tokens() >= request.max_tokens_total {
+            if ctx.completion_tokens() >= max_tokens_total {
                 finish_reason = "max_tokens".to_owned();
                 break;
             }
         }
 
-        let reward = reward(&messages, &request);
-        ctx.log_event(
-            "rollout_complete",
-            json!({
-                "finish_reason": finish_reason,
-                "reward": reward,
-                "num_messages": messages.len(),
-            }),
-        );
+        let reward = reward(&messages, ctx.request());
+        if logging {
+            ctx.log_event(
+                "rollout_complete",
+                json!({
+                    "finish_reason": finish_reason,
+                    "reward": reward,
+                    "num_messages": messages.len(),
+                }),
+            );
+        }
         ctx.complete(&messages, &finish_reason, reward)
     }
 }
