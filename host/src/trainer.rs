@@ -296,8 +296,9 @@ fn parse_chat_completion(bytes: &[u8]) -> Result<ChatCompletion, TrainerError> {
         .get("total_tokens")
         .and_then(Value::as_u64)
         .unwrap_or(prompt_tokens + completion_tokens);
-    let top_token_ids = value.get("token_ids").cloned();
-    let top_prompt_ids = value.get("prompt_token_ids").cloned();
+    // Token id lists can be long (the whole prompt): moved, never cloned.
+    let top_token_ids = value.get_mut("token_ids").map(Value::take);
+    let top_prompt_ids = value.get_mut("prompt_token_ids").map(Value::take);
     let choice = value
         .get_mut("choices")
         .and_then(Value::as_array_mut)
@@ -322,8 +323,14 @@ fn parse_chat_completion(bytes: &[u8]) -> Result<ChatCompletion, TrainerError> {
         prompt_tokens,
         completion_tokens,
         total_tokens,
-        token_ids: ids(choice.get("token_ids").cloned().or(top_token_ids)),
-        prompt_token_ids: ids(choice.get("prompt_token_ids").cloned().or(top_prompt_ids)),
+        token_ids: ids(choice
+            .get_mut("token_ids")
+            .map(Value::take)
+            .or(top_token_ids)),
+        prompt_token_ids: ids(choice
+            .get_mut("prompt_token_ids")
+            .map(Value::take)
+            .or(top_prompt_ids)),
         logprobs: choice
             .get_mut("logprobs")
             .map(Value::take)

@@ -7,7 +7,7 @@ use super::bindings::osmosis::rollout::types::{
 };
 use super::limits::LimitExceeded;
 use super::state::{Completion, RolloutHost, StoreState};
-use crate::protocol::RolloutStatus;
+use crate::protocol::{RolloutStatus, json_text};
 use crate::trainer::{TrainerError, chat_body};
 use serde_json::{Map, Value};
 use std::time::Instant;
@@ -122,7 +122,7 @@ impl RolloutHost {
         m.prompt_tokens += completion.prompt_tokens;
         m.response_tokens += completion.completion_tokens;
         m.max_context_tokens = m.max_context_tokens.max(completion.total_tokens);
-        let message = completion.message.to_string();
+        let message = json_text(&completion.message);
         self.history = messages;
         self.history.push(completion.message);
         Ok(ChatResponse {
@@ -135,7 +135,7 @@ impl RolloutHost {
             },
             token_ids: completion.token_ids,
             prompt_token_ids: completion.prompt_token_ids,
-            logprobs: completion.logprobs.map(|v| v.to_string()),
+            logprobs: completion.logprobs.as_ref().map(json_text),
         })
     }
 

@@ -3,7 +3,7 @@
 
 use super::{App, auth, json_error};
 use crate::idempotency::{self, Claim, InitOutcome, Ticket};
-use crate::protocol::{InitResponse, RolloutRequest, Tool, parse_init_request};
+use crate::protocol::{InitResponse, RolloutRequest, Tool, json_text, parse_init_request};
 use crate::rollout;
 use crate::runtime::{HostCallLimits, RolloutHost, TrainerLink, WitRolloutRequest};
 use axum::body::Body;
@@ -205,16 +205,11 @@ async fn admit_and_start(app: &Arc<App>, mut request: RolloutRequest, key: Strin
 fn wit_request(r: &RolloutRequest) -> WitRolloutRequest {
     WitRolloutRequest {
         rollout_id: r.rollout_id.clone(),
-        messages: encode(&r.messages),
-        completion_params: encode(&r.completion_params),
+        messages: json_text(&r.messages),
+        completion_params: json_text(&r.completion_params),
         tool_server_url: r.tool_server_url.clone(),
         max_turns: r.max_turns,
         max_tokens_total: r.max_tokens_total,
-        metadata: encode(&r.metadata),
+        metadata: json_text(&r.metadata),
     }
-}
-
-/// JSON text of parsed JSON (encoding `serde_json` values cannot fail).
-fn encode<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_default()
 }
