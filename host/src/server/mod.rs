@@ -9,6 +9,7 @@ use crate::idempotency::IdempotencyStore;
 use crate::runtime::{AllocatorChoice, Limits, LoadError, Plugin, Runtime, RuntimeConfig};
 use crate::trainer::{RetryPolicy, TrainerClient};
 use axum::Router;
+use axum::serve::ListenerExt;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -193,6 +194,12 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     tracing::info!("listening on http://{local}");
 
     let expiry = tokio::spawn(expire_records(app.idempotency.clone(), config.record_ttl));
+    // Responses are one write each: send them at once (no Nagle delay).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(app.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await
