@@ -400,7 +400,6 @@ fn main() {
         trainer_url
     });
     runtime.block_on(async move {
-
         let host = start_host(&plugin, &o);
         let pid = host.child.id();
         if o.warmup > 0 {

@@ -110,7 +110,7 @@ mod tests {
         // A second guest waits while the first holds the slot...
         let second = Arc::new(Turn::default());
         let waiting = lane.next_turn(second.clone());
-        let mut waiting = tokio_test_poll(waiting).await;
+        let mut waiting = poll_a_few_times(waiting).await;
         assert!(
             waiting.is_some(),
             "second guest got a turn while the first held it"
@@ -123,8 +123,9 @@ mod tests {
         assert!(second.lock().is_some());
     }
 
-    /// Polls `fut` once: `None` if it finished, else the pending future.
-    async fn tokio_test_poll(
+    /// Polls `fut` a few times, letting other tasks run in between: `None`
+    /// if it finished, else the still pending future.
+    async fn poll_a_few_times(
         mut fut: Pin<Box<dyn Future<Output = ()> + Send>>,
     ) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
         for _ in 0..3 {
