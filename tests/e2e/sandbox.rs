@@ -374,9 +374,11 @@ async fn hostile_rollouts_do_not_disturb_the_others_or_leak() {
     );
     // The plugins spinning for their whole 1 s CPU budget share one lane of
     // `cores - 1` slots: on a 2-core machine they take at most half the CPU,
-    // so the calculator batch may take up to twice as long, and no more.
+    // so the calculator batch may take up to twice as long, plus a fixed
+    // allowance for the hostile rollouts' own start and teardown (a 256 MiB
+    // memory to decommit, a 100 MiB log-event to copy and refuse).
     assert!(
-        p50(&crowded) <= p50(&alone) * 2 + Duration::from_millis(50),
+        p50(&crowded) <= p50(&alone) * 2 + Duration::from_millis(100),
         "p50 {:?} alone, {:?} beside hostile plugins",
         p50(&alone),
         p50(&crowded)
