@@ -1,7 +1,8 @@
 //! Microbenchmarks of the per-rollout hot path, in process:
 //! instantiation from the pre-instance (pooling and on-demand), instantiate
 //! plus `get-tools` (what an init does), and the JSON work on a 50-message
-//! history that each `chat` call costs the host.
+//! history that each `chat` call costs the host (as done, on the messages'
+//! JSON text, and as it would cost through decoded values).
 //!
 //! `cargo bench --bench micro`
 
@@ -9,6 +10,7 @@ use rollout_host::runtime::{
     AllocatorChoice, Limits, RolloutHost, Runtime, RuntimeConfig, WitRolloutRequest,
 };
 use rollout_host::trainer::chat_body;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -109,29 +111,76 @@ fn main() {
             .as_object()
             .unwrap()
             .clone();
+        // What a chat call does with the guest's history: split it into each
+        // message's JSON text, compare with the previous call's, and write
+        // the texts into the trainer request.
+        let split = time(20_000, || async {
+            black_box(serde_json::from_str::<Vec<&RawValue>>(black_box(&text)).unwrap());
+        })
+        .await;
+        let raw: Vec<&RawValue> = serde_json::from_str(&text).unwrap();
+        let previous: Vec<Box<RawValue>> = raw[..49].iter().map(|m| (*m).to_owned()).collect();
+        let compare = time(20_000, || async {
+            black_box(
+                black_box(&previous)
+                    .iter()
+                    .zip(black_box(&raw))
+                    .all(|(a, b)| a.get() == b.get()),
+            );
+        })
+        .await;
+        let body = time(20_000, || async {
+            black_box(serde_json::to_vec(&chat_body(black_box(&raw), &params, "bench")).unwrap());
+        })
+        .await;
+        // The same work done by decoding the history into values.
         let parse = time(20_000, || async {
             black_box(serde_json::from_str::<Vec<Value>>(black_box(&text)).unwrap());
         })
         .await;
-        let compare = time(20_000, || async {
+        let compare_values = time(20_000, || async {
             black_box(black_box(&messages[..49]) == black_box(&messages[..49]));
         })
         .await;
-        let body = time(20_000, || async {
+        let body_values = time(20_000, || async {
             black_box(
                 serde_json::to_vec(&chat_body(black_box(&messages), &params, "bench")).unwrap(),
             );
         })
         .await;
-        println!("  50-message history ({} bytes of JSON):", text.len());
         println!(
-            "    parse (guest string -> host values)       {}",
-            us(parse)
+            "  50-message history ({} bytes of JSON), per chat call:",
+            text.len()
         );
         println!(
-            "    append-only check against the last call   {}",
+            "    split into messages' JSON text            {}",
+            us(split)
+        );
+        println!(
+            "    append-only check (49 messages)           {}",
             us(compare)
         );
         println!("    build + encode the chat request body      {}", us(body));
+        println!(
+            "    total                                     {}",
+            us(split + compare + body)
+        );
+        println!("  the same through JSON values (decode, compare, re-encode):");
+        println!(
+            "    decode                                    {}",
+            us(parse)
+        );
+        println!(
+            "    append-only check                         {}",
+            us(compare_values)
+        );
+        println!(
+            "    encode                                    {}",
+            us(body_values)
+        );
+        println!(
+            "    total                                     {}",
+            us(parse + compare_values + body_values)
+        );
     });
 }

@@ -74,11 +74,11 @@ pub async fn run(
 /// ERROR saying what happened, with the history so far.
 fn build_response(
     rollout_id: &str,
-    host: RolloutHost,
+    mut host: RolloutHost,
     outcome: Result<(), String>,
     started: Instant,
 ) -> RolloutResponse {
-    let mut metrics = host.metrics;
+    let mut metrics = std::mem::take(&mut host.metrics);
     match host.completion {
         Some(c) => {
             if let Err(e) = &outcome {
@@ -105,11 +105,7 @@ fn build_response(
                 Ok(()) => "plugin returned without calling complete".to_owned(),
                 Err(e) => e,
             };
-            let final_messages = if host.history.is_empty() {
-                host.request_messages
-            } else {
-                host.history
-            };
+            let final_messages = host.history_so_far();
             RolloutResponse {
                 rollout_id: rollout_id.to_owned(),
                 status: RolloutStatus::Error,

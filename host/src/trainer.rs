@@ -242,22 +242,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// A chat request body: the history (borrowed, not copied) and the other
-/// fields flattened beside it.
+/// A chat request body: the history (borrowed, not copied: values, or the
+/// guest's JSON text of each message) and the other fields flattened beside
+/// it.
 #[derive(Debug, serde::Serialize)]
-pub struct ChatBody<'a> {
-    pub messages: &'a [Value],
+pub struct ChatBody<'a, M> {
+    pub messages: &'a [M],
     #[serde(flatten)]
     pub fields: Map<String, Value>,
 }
 
 /// Builds the chat request body: the reference's defaults, the agent's
 /// parameters (all forwarded, `stop` as a list) and the routing `rollout_id`.
-pub fn chat_body<'a>(
-    messages: &'a [Value],
+pub fn chat_body<'a, M: serde::Serialize>(
+    messages: &'a [M],
     params: &Map<String, Value>,
     rollout_id: &str,
-) -> ChatBody<'a> {
+) -> ChatBody<'a, M> {
     let mut fields = Map::new();
     fields.insert("model".into(), json!("default"));
     fields.insert("rollout_id".into(), json!(rollout_id));
@@ -360,7 +361,7 @@ mod tests {
         assert_eq!(body["logprobs"], json!(true));
         assert_eq!(body["rollout_id"], json!("r-1"));
         assert_eq!(body["model"], json!("default"));
-        let no_stop = serde_json::to_value(chat_body(&[], &Map::new(), "r")).unwrap();
+        let no_stop = serde_json::to_value(chat_body::<Value>(&[], &Map::new(), "r")).unwrap();
         assert!(no_stop.get("stop").is_none());
     }
 

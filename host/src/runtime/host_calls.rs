@@ -9,6 +9,7 @@ use super::limits::LimitExceeded;
 use super::state::{Completion, RolloutHost, StoreState};
 use crate::protocol::{RolloutStatus, json_text};
 use crate::trainer::{TrainerError, chat_body};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::time::Instant;
 
@@ -54,6 +55,31 @@ fn invalid(msg: impl Into<String>) -> ChatError {
     ChatError::InvalidRequest(msg.into())
 }
 
+/// A JSON array of message objects, split into each message's JSON text
+/// (validated, not decoded into values), or why not.
+fn split_messages<'a>(text: &'a str, what: &str) -> Result<Vec<&'a RawValue>, String> {
+    match serde_json::from_str::<Vec<&RawValue>>(text) {
+        Ok(items) if items.iter().all(|m| m.get().starts_with('{')) => Ok(items),
+        Ok(_) => Err(format!("{what} must be a JSON array of message objects")),
+        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+            Err(format!("{what} must be a JSON array of message objects"))
+        }
+        Err(e) => Err(format!("{what} is not valid JSON: {e}")),
+    }
+}
+
+/// The same message, byte for byte or (written differently) as JSON values.
+fn same_message(a: &RawValue, b: &RawValue) -> bool {
+    a.get() == b.get()
+        || matches!(
+            (
+                serde_json::from_str::<Value>(a.get()),
+                serde_json::from_str::<Value>(b.get()),
+            ),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
 /// A JSON array of message objects, or why not.
 fn parse_messages(text: &str, what: &str) -> Result<Vec<Value>, String> {
     match serde_json::from_str::<Value>(text) {
@@ -93,7 +119,9 @@ impl RolloutHost {
         let Some(trainer) = self.trainer.clone() else {
             return Err(invalid("chat is not available outside a rollout"));
         };
-        let messages = parse_messages(&request.messages, "messages").map_err(invalid)?;
+        // The history crosses as JSON text and goes on to the trainer as
+        // that text: split and checked, never decoded and re-encoded.
+        let messages = split_messages(&request.messages, "messages").map_err(invalid)?;
         let own_params;
         let params = match &request.params {
             Some(text) => {
@@ -123,8 +151,13 @@ impl RolloutHost {
         m.response_tokens += completion.completion_tokens;
         m.max_context_tokens = m.max_context_tokens.max(completion.total_tokens);
         let message = json_text(&completion.message);
-        self.history = messages;
-        self.history.push(completion.message);
+        self.history.clear();
+        self.history
+            .extend(messages.into_iter().map(RawValue::to_owned));
+        // `message` is the encoding of a JSON object: valid raw JSON.
+        if let Ok(reply) = RawValue::from_string(message.clone()) {
+            self.history.push(reply);
+        }
         Ok(ChatResponse {
             message,
             finish_reason: completion.finish_reason,
@@ -141,7 +174,7 @@ impl RolloutHost {
 
     /// Each call's messages must start with the previous call's messages and
     /// its reply: the trainer lines up token ids on that.
-    fn check_append_only(&self, messages: &[Value]) -> Result<(), ChatError> {
+    fn check_append_only(&self, messages: &[&RawValue]) -> Result<(), ChatError> {
         let prev = &self.history;
         if messages.len() < prev.len() {
             return Err(invalid(format!(
@@ -150,7 +183,11 @@ impl RolloutHost {
                 prev.len()
             )));
         }
-        if let Some(i) = prev.iter().zip(messages).position(|(a, b)| a != b) {
+        if let Some(i) = prev
+            .iter()
+            .zip(messages)
+            .position(|(a, b)| !same_message(a, b))
+        {
             return Err(invalid(format!(
                 "history is not append-only: message {i} differs from the one the previous call sent or received"
             )));
@@ -226,5 +263,40 @@ fn chat_error(e: TrainerError) -> ChatError {
             ChatError::TrainerFailed(HttpError { status, body })
         }
         TrainerError::BadResponse(m) => ChatError::BadResponse(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_split_without_decoding_and_bad_ones_named() {
+        let text = r#"[{"role": "user", "content": "2 + 3?"}, {"role":"assistant","content":"5"}]"#;
+        let split = split_messages(text, "messages").unwrap();
+        assert_eq!(split.len(), 2);
+        assert_eq!(split[0].get(), r#"{"role": "user", "content": "2 + 3?"}"#);
+        for (bad, says) in [
+            ("{}", "messages must be a JSON array of message objects"),
+            (
+                r#"[{"role": "user"}, "hi"]"#,
+                "messages must be a JSON array of message objects",
+            ),
+            ("[{\"role\": ", "messages is not valid JSON"),
+        ] {
+            let e = split_messages(bad, "messages").unwrap_err();
+            assert!(e.starts_with(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_same_message_written_differently_is_the_same() {
+        let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
+        let compact = raw(r#"{"content":"5","role":"assistant"}"#);
+        let spaced = raw(r#"{ "role": "assistant", "content": "5" }"#);
+        let other = raw(r#"{"role":"assistant","content":"6"}"#);
+        assert!(same_message(&compact, &compact));
+        assert!(same_message(&compact, &spaced));
+        assert!(!same_message(&compact, &other));
     }
 }

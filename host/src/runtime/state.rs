@@ -6,6 +6,7 @@ use super::limits::{CpuMeter, GuestLimiter, LimitExceeded, Limits};
 use crate::debug_log::RolloutLog;
 use crate::protocol::{Metrics, RolloutStatus};
 use crate::trainer::TrainerClient;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -43,9 +44,10 @@ pub struct RolloutHost {
     /// The init request's messages (COMPLETED final_messages must start with them).
     pub request_messages: Vec<Value>,
     pub completion_params: Map<String, Value>,
-    /// The last chat call's messages plus its reply: the next call must
-    /// start with exactly these (append-only history).
-    pub history: Vec<Value>,
+    /// The last chat call's messages plus its reply, each as the JSON text
+    /// that crossed the boundary: the next call must start with exactly
+    /// these (append-only history).
+    pub history: Vec<Box<RawValue>>,
     /// LLM-side metrics measured by the host.
     pub metrics: Metrics,
     pub completion: Option<Completion>,
@@ -116,6 +118,19 @@ impl RolloutHost {
             limits: HostCallLimits::new(&Limits::default(), 0),
             chat_calls: 0,
         }
+    }
+
+    /// The history so far as values: the last chat call's messages and its
+    /// reply, or the request's messages before any chat (for an ERROR
+    /// callback). Each entry was parsed once already, so it parses.
+    pub fn history_so_far(&mut self) -> Vec<Value> {
+        if self.history.is_empty() {
+            return std::mem::take(&mut self.request_messages);
+        }
+        self.history
+            .iter()
+            .filter_map(|m| serde_json::from_str(m.get()).ok())
+            .collect()
     }
 
     /// Notes a tripped limit in the debug log (`limit_exceeded` event).
