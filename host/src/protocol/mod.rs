@@ -2,10 +2,12 @@
 //! bodies and the FastAPI-shaped error body. Nothing here knows about wasm;
 //! a later protocol version can sit beside this module.
 
+mod messages;
 mod request;
 mod response;
 mod validation;
 
+pub use messages::{Message, message_texts, same_message, split_messages};
 pub use request::{RolloutRequest, parse_init_request};
 pub use response::{InitResponse, Metrics, RolloutResponse, RolloutStatus, Tool};
 pub use validation::{ValidationError, ValidationErrors};

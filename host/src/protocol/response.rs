@@ -64,11 +64,12 @@ pub struct Metrics {
 
 /// The body of `POST {server_url}/v1/rollout/completed`. Null fields are
 /// omitted.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RolloutResponse {
     pub rollout_id: String,
     pub status: RolloutStatus,
-    pub final_messages: Vec<Value>,
+    /// Each message's JSON text, written as is.
+    pub final_messages: Vec<super::Message>,
     pub finish_reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,

@@ -7,7 +7,7 @@ use super::bindings::osmosis::rollout::types::{
 };
 use super::limits::LimitExceeded;
 use super::state::{Completion, RolloutHost, StoreState};
-use crate::protocol::{RolloutStatus, json_text};
+use crate::protocol::{RolloutStatus, json_text, same_message, split_messages};
 use crate::trainer::{TrainerError, chat_body};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -53,40 +53,6 @@ impl Host for StoreState {
 
 fn invalid(msg: impl Into<String>) -> ChatError {
     ChatError::InvalidRequest(msg.into())
-}
-
-/// A JSON array of message objects, split into each message's JSON text
-/// (validated, not decoded into values), or why not.
-fn split_messages<'a>(text: &'a str, what: &str) -> Result<Vec<&'a RawValue>, String> {
-    match serde_json::from_str::<Vec<&RawValue>>(text) {
-        Ok(items) if items.iter().all(|m| m.get().starts_with('{')) => Ok(items),
-        Ok(_) => Err(format!("{what} must be a JSON array of message objects")),
-        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
-            Err(format!("{what} must be a JSON array of message objects"))
-        }
-        Err(e) => Err(format!("{what} is not valid JSON: {e}")),
-    }
-}
-
-/// The same message, byte for byte or (written differently) as JSON values.
-fn same_message(a: &RawValue, b: &RawValue) -> bool {
-    a.get() == b.get()
-        || matches!(
-            (
-                serde_json::from_str::<Value>(a.get()),
-                serde_json::from_str::<Value>(b.get()),
-            ),
-            (Ok(x), Ok(y)) if x == y
-        )
-}
-
-/// A JSON array of message objects, or why not.
-fn parse_messages(text: &str, what: &str) -> Result<Vec<Value>, String> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Array(items)) if items.iter().all(Value::is_object) => Ok(items),
-        Ok(_) => Err(format!("{what} must be a JSON array of message objects")),
-        Err(e) => Err(format!("{what} is not valid JSON: {e}")),
-    }
 }
 
 fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>, String> {
@@ -210,7 +176,7 @@ impl RolloutHost {
             return Err(CompleteError::AlreadyCompleted);
         }
         let final_messages =
-            parse_messages(&c.final_messages, "final-messages").map_err(CompleteError::Invalid)?;
+            split_messages(&c.final_messages, "final-messages").map_err(CompleteError::Invalid)?;
         let extra_fields = match &c.extra_fields {
             Some(text) => parse_object(text, "extra-fields").map_err(CompleteError::Invalid)?,
             None => Map::new(),
@@ -224,8 +190,13 @@ impl RolloutHost {
             wit::RolloutStatus::Completed => RolloutStatus::Completed,
             wit::RolloutStatus::Error => RolloutStatus::Error,
         };
-        if status == RolloutStatus::Completed && !final_messages.starts_with(&self.request_messages)
-        {
+        let starts_with_request = final_messages.len() >= self.request_messages.len()
+            && self
+                .request_messages
+                .iter()
+                .zip(&final_messages)
+                .all(|(a, b)| same_message(a, b));
+        if status == RolloutStatus::Completed && !starts_with_request {
             return Err(CompleteError::Invalid(
                 "final-messages must start with the request's messages".into(),
             ));
@@ -239,7 +210,7 @@ impl RolloutHost {
         };
         self.completion = Some(Completion {
             status,
-            final_messages,
+            final_messages: final_messages.into_iter().map(RawValue::to_owned).collect(),
             finish_reason: c.finish_reason,
             error_message,
             reward: c.reward,
@@ -269,34 +240,44 @@ fn chat_error(e: TrainerError) -> ChatError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::message_texts;
 
-    #[test]
-    fn messages_are_split_without_decoding_and_bad_ones_named() {
-        let text = r#"[{"role": "user", "content": "2 + 3?"}, {"role":"assistant","content":"5"}]"#;
-        let split = split_messages(text, "messages").unwrap();
-        assert_eq!(split.len(), 2);
-        assert_eq!(split[0].get(), r#"{"role": "user", "content": "2 + 3?"}"#);
-        for (bad, says) in [
-            ("{}", "messages must be a JSON array of message objects"),
-            (
-                r#"[{"role": "user"}, "hi"]"#,
-                "messages must be a JSON array of message objects",
-            ),
-            ("[{\"role\": ", "messages is not valid JSON"),
-        ] {
-            let e = split_messages(bad, "messages").unwrap_err();
-            assert!(e.starts_with(says), "{bad}: {e}");
+    fn completion(final_messages: &str) -> wit::Completion {
+        wit::Completion {
+            status: wit::RolloutStatus::Completed,
+            final_messages: final_messages.into(),
+            finish_reason: "stop".into(),
+            error_message: None,
+            reward: Some(1.0),
+            tool_metrics: wit::ToolMetrics {
+                num_tool_calls: 0,
+                tool_latency_ms: 0.0,
+            },
+            extra_fields: None,
         }
     }
 
     #[test]
-    fn the_same_message_written_differently_is_the_same() {
-        let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
-        let compact = raw(r#"{"content":"5","role":"assistant"}"#);
-        let spaced = raw(r#"{ "role": "assistant", "content": "5" }"#);
-        let other = raw(r#"{"role":"assistant","content":"6"}"#);
-        assert!(same_message(&compact, &compact));
-        assert!(same_message(&compact, &spaced));
-        assert!(!same_message(&compact, &other));
+    fn completed_final_messages_must_start_with_the_request() {
+        let request = r#"[{"content":"2 + 3?","role":"user"}]"#;
+        let mut host = RolloutHost::detached("t");
+        host.request_messages = message_texts(request);
+        // Not the request's first message: refused.
+        let other = r#"[{"role":"user","content":"2 + 4?"},{"role":"assistant","content":"6"}]"#;
+        assert!(matches!(
+            host.complete(completion(other)),
+            Err(CompleteError::Invalid(m)) if m.contains("must start with the request's messages")
+        ));
+        assert!(host.completion.is_none());
+        // The same message written differently, then the answer: accepted,
+        // and the final messages go on as the guest wrote them.
+        let ok = r#"[{ "role": "user", "content": "2 + 3?" }, {"role":"assistant","content":"5"}]"#;
+        host.complete(completion(ok)).unwrap();
+        let done = host.completion.as_ref().unwrap();
+        assert_eq!(
+            done.final_messages[0].get(),
+            r#"{ "role": "user", "content": "2 + 3?" }"#
+        );
+        assert_eq!(done.final_messages.len(), 2);
     }
 }

@@ -4,9 +4,8 @@
 use super::guest_io::{GuestOutput, Stream};
 use super::limits::{CpuMeter, GuestLimiter, LimitExceeded, Limits};
 use crate::debug_log::RolloutLog;
-use crate::protocol::{Metrics, RolloutStatus};
+use crate::protocol::{Message, Metrics, RolloutStatus};
 use crate::trainer::TrainerClient;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -22,10 +21,10 @@ pub struct TrainerLink {
 }
 
 /// The agent's accepted `complete` call.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Completion {
     pub status: RolloutStatus,
-    pub final_messages: Vec<Value>,
+    pub final_messages: Vec<Message>,
     pub finish_reason: String,
     pub error_message: Option<String>,
     pub reward: Option<f64>,
@@ -42,12 +41,12 @@ pub struct RolloutHost {
     pub rollout_id: Arc<str>,
     pub trainer: Option<TrainerLink>,
     /// The init request's messages (COMPLETED final_messages must start with them).
-    pub request_messages: Vec<Value>,
+    pub request_messages: Vec<Message>,
     pub completion_params: Map<String, Value>,
     /// The last chat call's messages plus its reply, each as the JSON text
     /// that crossed the boundary: the next call must start with exactly
     /// these (append-only history).
-    pub history: Vec<Box<RawValue>>,
+    pub history: Vec<Message>,
     /// LLM-side metrics measured by the host.
     pub metrics: Metrics,
     pub completion: Option<Completion>,
@@ -83,7 +82,7 @@ impl RolloutHost {
     pub fn new(
         rollout_id: &str,
         trainer: TrainerLink,
-        request_messages: Vec<Value>,
+        request_messages: Vec<Message>,
         completion_params: Map<String, Value>,
         debug_log: Option<RolloutLog>,
         limits: HostCallLimits,
@@ -120,17 +119,14 @@ impl RolloutHost {
         }
     }
 
-    /// The history so far as values: the last chat call's messages and its
-    /// reply, or the request's messages before any chat (for an ERROR
-    /// callback). Each entry was parsed once already, so it parses.
-    pub fn history_so_far(&mut self) -> Vec<Value> {
+    /// The history so far: the last chat call's messages and its reply,
+    /// or the request's messages before any chat (for an ERROR callback).
+    pub fn history_so_far(&mut self) -> Vec<Message> {
         if self.history.is_empty() {
-            return std::mem::take(&mut self.request_messages);
+            std::mem::take(&mut self.request_messages)
+        } else {
+            std::mem::take(&mut self.history)
         }
-        self.history
-            .iter()
-            .filter_map(|m| serde_json::from_str(m.get()).ok())
-            .collect()
     }
 
     /// Notes a tripped limit in the debug log (`limit_exceeded` event).

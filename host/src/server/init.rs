@@ -3,7 +3,9 @@
 
 use super::{App, auth, json_error};
 use crate::idempotency::{self, Claim, InitOutcome, Ticket};
-use crate::protocol::{InitResponse, RolloutRequest, Tool, json_text, parse_init_request};
+use crate::protocol::{
+    InitResponse, RolloutRequest, Tool, json_text, message_texts, parse_init_request,
+};
 use crate::rollout;
 use crate::runtime::{HostCallLimits, RolloutHost, TrainerLink, WitRolloutRequest};
 use axum::body::Body;
@@ -141,7 +143,9 @@ async fn admit_and_start(app: &Arc<App>, mut request: RolloutRequest, key: Strin
             chat_url,
             api_key: request.api_key.clone(),
         },
-        std::mem::take(&mut request.messages),
+        // Kept as the text the guest receives, to check its final messages
+        // against without decoding them.
+        message_texts(&wit_request.messages),
         std::mem::take(&mut request.completion_params),
         app.debug_log
             .as_ref()
