@@ -94,6 +94,15 @@ async fn get_tools_trap_fails_the_init_and_frees_the_key() {
         answer["detail"].as_str().unwrap().contains("get-tools"),
         "{answer}"
     );
+    // A tool schema that is not a JSON object fails the init too.
+    let (status, answer) = server
+        .init(&misbehave_body("m-schema", &trainer, "bad-tool-schema"))
+        .await;
+    assert_eq!(status, 500, "{answer}");
+    assert_eq!(
+        answer["detail"],
+        "plugin returned tool 'listy' whose parameters are not a JSON object"
+    );
     // Same key, now a working request: the failed init was forgotten.
     let (status, _) = server.init(&misbehave_body("m-gt", &trainer, "echo")).await;
     assert_eq!(status, 202);

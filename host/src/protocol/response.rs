@@ -1,25 +1,27 @@
 //! Bodies the server sends: the init answer and the completion callback.
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// An OpenAI function tool: `{"type": "function", "function": {...}}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Tool {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub function: ToolFunction,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ToolFunction {
     pub name: String,
     pub description: String,
-    pub parameters: Value,
+    /// The JSON Schema object as the plugin wrote it.
+    pub parameters: Box<RawValue>,
 }
 
 impl Tool {
-    pub fn function(name: String, description: String, parameters: Value) -> Self {
+    pub fn function(name: String, description: String, parameters: Box<RawValue>) -> Self {
         Self {
             kind: "function",
             function: ToolFunction {
@@ -32,7 +34,7 @@ impl Tool {
 }
 
 /// The 202 body of `/v1/rollout/init`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct InitResponse {
     pub rollout_id: String,
     pub tools: Vec<Tool>,
@@ -99,8 +101,12 @@ mod tests {
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["status"], json!("COMPLETED"));
         assert!(v.get("reward").is_none() && v.get("error_message").is_none());
-        let tool =
-            serde_json::to_value(Tool::function("add".into(), "Add".into(), json!({}))).unwrap();
+        let tool = serde_json::to_value(Tool::function(
+            "add".into(),
+            "Add".into(),
+            RawValue::from_string("{}".into()).unwrap(),
+        ))
+        .unwrap();
         assert_eq!(
             tool,
             json!({"type": "function", "function": {"name": "add", "description": "Add", "parameters": {}}})

@@ -34,6 +34,11 @@ impl Agent for Misbehave {
             "trap-in-get-tools" => panic!("misbehave: trap in get-tools"),
             "spin-in-get-tools" => spin(),
             "echo" => Vec::new(),
+            "bad-tool-schema" => vec![ToolDefinition {
+                name: "listy".into(),
+                description: "parameters that are not a JSON object".into(),
+                parameters: json!(["a", "b"]),
+            }],
             _ => calculator::Calculator.tools(request),
         }
     }
