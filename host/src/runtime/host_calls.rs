@@ -117,9 +117,10 @@ impl RolloutHost {
         m.response_tokens += completion.completion_tokens;
         m.max_context_tokens = m.max_context_tokens.max(completion.total_tokens);
         let message = json_text(&completion.message);
-        self.history.clear();
+        // The history so far was checked to be a prefix: keep it, add the rest.
+        let known = self.history.len();
         self.history
-            .extend(messages.into_iter().map(RawValue::to_owned));
+            .extend(messages[known..].iter().map(|m| (*m).to_owned()));
         // `message` is the encoding of a JSON object: valid raw JSON.
         if let Ok(reply) = RawValue::from_string(message.clone()) {
             self.history.push(reply);
