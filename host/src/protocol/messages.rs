@@ -33,13 +33,13 @@ pub fn same_message(a: &RawValue, b: &RawValue) -> bool {
         )
 }
 
-/// Each message of a JSON array the host encoded itself from validated
-/// message objects (so it always splits).
-pub fn message_texts(values_json: &str) -> Vec<Message> {
-    split_messages(values_json, "messages")
-        .unwrap_or_default()
-        .into_iter()
-        .map(RawValue::to_owned)
+/// Each message's JSON text, encoded once (the host's own messages, e.g.
+/// the init request's); `json_text` of the result is the array's text.
+pub fn message_texts(values: &[Value]) -> Vec<Message> {
+    // Encoding a `Value` cannot fail (its map keys are strings).
+    values
+        .iter()
+        .filter_map(|m| serde_json::value::to_raw_value(m).ok())
         .collect()
 }
 

@@ -242,6 +242,7 @@ fn chat_error(e: TrainerError) -> ChatError {
 mod tests {
     use super::*;
     use crate::protocol::message_texts;
+    use serde_json::json;
 
     fn completion(final_messages: &str) -> wit::Completion {
         wit::Completion {
@@ -260,9 +261,8 @@ mod tests {
 
     #[test]
     fn completed_final_messages_must_start_with_the_request() {
-        let request = r#"[{"content":"2 + 3?","role":"user"}]"#;
         let mut host = RolloutHost::detached("t");
-        host.request_messages = message_texts(request);
+        host.request_messages = message_texts(&[json!({"role": "user", "content": "2 + 3?"})]);
         // Not the request's first message: refused.
         let other = r#"[{"role":"user","content":"2 + 4?"},{"role":"assistant","content":"6"}]"#;
         assert!(matches!(

@@ -4,7 +4,7 @@
 use super::{App, auth, json_error};
 use crate::idempotency::{self, Claim, InitOutcome, Ticket};
 use crate::protocol::{
-    InitResponse, RolloutRequest, Tool, json_text, message_texts, parse_init_request,
+    InitResponse, Message, RolloutRequest, Tool, json_text, message_texts, parse_init_request,
 };
 use crate::rollout;
 use crate::runtime::{HostCallLimits, RolloutHost, TrainerLink, WitRolloutRequest};
@@ -126,7 +126,10 @@ async fn admit_and_start(app: &Arc<App>, mut request: RolloutRequest, key: Strin
         app.stats.active.fetch_sub(1, Ordering::AcqRel);
     };
 
-    let wit_request = wit_request(&request);
+    // Encoded once: the guest receives their array, and its final messages
+    // are checked against these texts.
+    let request_messages = message_texts(&std::mem::take(&mut request.messages));
+    let wit_request = wit_request(&request, &request_messages);
     let chat_url = match crate::trainer::endpoint(&request.server_url, "/v1/chat/completions") {
         Ok(url) => url,
         Err(e) => {
@@ -144,9 +147,7 @@ async fn admit_and_start(app: &Arc<App>, mut request: RolloutRequest, key: Strin
             chat_url,
             api_key: request.api_key.clone(),
         },
-        // Kept as the text the guest receives, to check its final messages
-        // against without decoding them.
-        message_texts(&wit_request.messages),
+        request_messages,
         std::mem::take(&mut request.completion_params),
         app.debug_log
             .as_ref()
@@ -208,10 +209,10 @@ async fn admit_and_start(app: &Arc<App>, mut request: RolloutRequest, key: Strin
     InitOutcome::Accepted(body)
 }
 
-fn wit_request(r: &RolloutRequest) -> WitRolloutRequest {
+fn wit_request(r: &RolloutRequest, messages: &[Message]) -> WitRolloutRequest {
     WitRolloutRequest {
         rollout_id: r.rollout_id.clone(),
-        messages: json_text(&r.messages),
+        messages: json_text(messages),
         completion_params: json_text(&r.completion_params),
         tool_server_url: r.tool_server_url.clone(),
         max_turns: r.max_turns,
