@@ -6,7 +6,6 @@ use super::fair_share::Turn;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 use wasmtime::{EngineWeak, ResourceLimiter};
 
@@ -211,10 +210,7 @@ impl CpuMeter {
             let result = fut.as_mut().poll(cx);
             self.stop();
             self.turn.end();
-            match result {
-                Poll::Ready(v) => Poll::Ready(v),
-                Poll::Pending => Poll::Pending,
-            }
+            result
         })
         .await
     }

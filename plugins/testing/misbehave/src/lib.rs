@@ -194,24 +194,15 @@ fn escape_attempts() -> Map<String, Value> {
         "env_var".into(),
         outcome(std::env::var("PATH").map_err(|e| e.to_string())),
     );
-    let vars = std::env::vars().count();
-    report.insert(
-        "env_vars".into(),
-        outcome(if vars == 0 {
+    let count = |n: usize| {
+        if n == 0 {
             Err("none".into())
         } else {
-            Ok(vars.to_string())
-        }),
-    );
-    let args = std::env::args().count();
-    report.insert(
-        "args".into(),
-        outcome(if args == 0 {
-            Err("none".into())
-        } else {
-            Ok(args.to_string())
-        }),
-    );
+            Ok(n.to_string())
+        }
+    };
+    report.insert("env_vars".into(), outcome(count(std::env::vars().count())));
+    report.insert("args".into(), outcome(count(std::env::args().count())));
     report.insert(
         "tcp".into(),
         outcome(
