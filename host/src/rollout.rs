@@ -7,6 +7,7 @@
 use crate::protocol::{RolloutRequest, RolloutResponse, RolloutStatus};
 use crate::runtime::{Instance, Plugin, RolloutHost, WitRolloutRequest};
 use crate::server::App;
+use crate::trainer::Endpoints;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -20,6 +21,7 @@ pub async fn run(
     app: Arc<App>,
     key: String,
     request: RolloutRequest,
+    endpoints: Arc<Endpoints>,
     wit_request: WitRolloutRequest,
     mut instance: Instance,
     _plugin: Arc<Plugin>,
@@ -56,7 +58,7 @@ pub async fn run(
         }
         match app
             .trainer
-            .complete(&request.server_url, request.api_key.as_deref(), &response)
+            .complete(&endpoints.completed, request.api_key.as_deref(), &response)
             .await
         {
             Ok(status) => tracing::debug!(%status, "completion delivered"),

@@ -1,10 +1,12 @@
 //! Calls to the trainer: `/v1/chat/completions` and `/v1/rollout/completed`,
 //! with the protocol's bearer token, timeouts and retry policy (§3).
 
-use crate::protocol::RolloutResponse;
+use crate::protocol::{RolloutResponse, json_text};
 use bytes::Bytes;
 use reqwest::StatusCode;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Retry and timeout settings (reference defaults in `Default`).
@@ -64,16 +66,18 @@ pub enum TrainerError {
 }
 
 /// `choices[0]` of a chat completion, plus usage and token data.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ChatCompletion {
-    pub message: Value,
+    /// The assistant message (a JSON object), compactly encoded.
+    pub message: Box<RawValue>,
     pub finish_reason: String,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
     pub token_ids: Option<Vec<u32>>,
     pub prompt_token_ids: Option<Vec<u32>>,
-    pub logprobs: Option<Value>,
+    /// Log-probabilities as the trainer wrote them (JSON), when not null.
+    pub logprobs: Option<String>,
 }
 
 /// Largest trainer response body read (a chat completion with logprobs of a
@@ -87,6 +91,20 @@ const ERROR_BODY_CHARS: usize = 512;
 pub struct TrainerClient {
     http: reqwest::Client,
     policy: RetryPolicy,
+    /// The last server URL's endpoints: a training run has one trainer, so
+    /// its URLs are parsed once, not twice per rollout.
+    last_endpoints: Arc<Mutex<Option<Arc<Endpoints>>>>,
+}
+
+/// A trainer's two endpoints.
+#[derive(Debug)]
+pub struct Endpoints {
+    /// The init's `server_url` they were made from.
+    pub server_url: String,
+    /// `{server_url}/v1/chat/completions`
+    pub chat: reqwest::Url,
+    /// `{server_url}/v1/rollout/completed`
+    pub completed: reqwest::Url,
 }
 
 impl TrainerClient {
@@ -98,7 +116,32 @@ impl TrainerClient {
             .tcp_nodelay(true)
             .user_agent(concat!("rollout-host/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { http, policy })
+        Ok(Self {
+            http,
+            policy,
+            last_endpoints: Arc::default(),
+        })
+    }
+
+    /// The endpoints under `server_url` (a validated init's, which always
+    /// parse), reused while the server URL stays the same.
+    pub fn endpoints(&self, server_url: &str) -> Result<Arc<Endpoints>, TrainerError> {
+        let mut last = self
+            .last_endpoints
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(endpoints) = last.as_ref()
+            && endpoints.server_url == server_url
+        {
+            return Ok(endpoints.clone());
+        }
+        let endpoints = Arc::new(Endpoints {
+            server_url: server_url.to_owned(),
+            chat: endpoint(server_url, "/v1/chat/completions")?,
+            completed: endpoint(server_url, "/v1/rollout/completed")?,
+        });
+        *last = Some(endpoints.clone());
+        Ok(endpoints)
     }
 
     /// `POST {server_url}/v1/chat/completions` with `body`; retries 5xx,
@@ -124,16 +167,15 @@ impl TrainerClient {
     /// `POST {server_url}/v1/rollout/completed`; any 2xx is delivered.
     pub async fn complete(
         &self,
-        server_url: &str,
+        url: &reqwest::Url,
         api_key: Option<&str>,
         response: &RolloutResponse,
     ) -> Result<StatusCode, TrainerError> {
-        let url = endpoint(server_url, "/v1/rollout/completed")?;
         let body =
             serde_json::to_vec(response).map_err(|e| TrainerError::BadResponse(e.to_string()))?;
         let (status, _) = self
             .post_with_retries(
-                &url,
+                url,
                 api_key,
                 body.into(),
                 self.policy.callback_timeout,
@@ -215,8 +257,8 @@ impl TrainerClient {
     }
 }
 
-/// `{server_url}{path}`, parsed once (a validated server URL always parses).
-pub fn endpoint(server_url: &str, path: &str) -> Result<reqwest::Url, TrainerError> {
+/// `{server_url}{path}`.
+fn endpoint(server_url: &str, path: &str) -> Result<reqwest::Url, TrainerError> {
     reqwest::Url::parse(&format!("{server_url}{path}")).map_err(|e| {
         TrainerError::Transport(format!("invalid trainer URL {server_url}{path}: {e}"))
     })
@@ -242,23 +284,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// A chat request body: the history (borrowed, not copied: values, or the
-/// guest's JSON text of each message) and the other fields flattened beside
-/// it.
-#[derive(Debug, serde::Serialize)]
-pub struct ChatBody<'a, M> {
-    pub messages: &'a [M],
-    #[serde(flatten)]
-    pub fields: Map<String, Value>,
-}
-
-/// Builds the chat request body: the reference's defaults, the agent's
-/// parameters (all forwarded, `stop` as a list) and the routing `rollout_id`.
-pub fn chat_body<'a, M: serde::Serialize>(
-    messages: &'a [M],
-    params: &Map<String, Value>,
-    rollout_id: &str,
-) -> ChatBody<'a, M> {
+/// The fields of a chat request beside `messages`, encoded once per rollout
+/// (a JSON object's text): the reference's defaults, the agent's parameters
+/// (all forwarded, `stop` as a list) and the routing `rollout_id`.
+pub fn chat_fields(params: &Map<String, Value>, rollout_id: &str) -> String {
     let mut fields = Map::new();
     fields.insert("model".into(), json!("default"));
     fields.insert("rollout_id".into(), json!(rollout_id));
@@ -283,60 +312,102 @@ pub fn chat_body<'a, M: serde::Serialize>(
             }
         }
     }
-    ChatBody { messages, fields }
+    json_text(&fields)
+}
+
+/// A chat request body: `messages` (values, or the guest's JSON text of each
+/// message, written as is) followed by the encoded `fields` of
+/// [`chat_fields`].
+pub fn chat_body<M: serde::Serialize>(messages: &[M], fields: &str) -> serde_json::Result<Vec<u8>> {
+    let members = fields.strip_prefix('{').unwrap_or("}");
+    let mut body = Vec::with_capacity(fields.len() + 64 * (messages.len() + 1));
+    body.extend_from_slice(br#"{"messages":"#);
+    serde_json::to_writer(&mut body, messages)?;
+    if members != "}" {
+        body.push(b',');
+    }
+    body.extend_from_slice(members.as_bytes());
+    Ok(body)
+}
+
+/// The fields of a chat completion the host reads; the rest is skipped
+/// without being decoded; logprobs stay the trainer's JSON text.
+#[derive(serde::Deserialize)]
+struct CompletionFields<'a> {
+    #[serde(borrow, default)]
+    choices: Option<&'a RawValue>,
+    #[serde(default)]
+    usage: Option<Value>,
+    #[serde(borrow, default)]
+    token_ids: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    prompt_token_ids: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChoiceFields<'a> {
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+    #[serde(default)]
+    finish_reason: Option<Value>,
+    #[serde(borrow, default)]
+    token_ids: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    prompt_token_ids: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    logprobs: Option<&'a RawValue>,
 }
 
 fn parse_chat_completion(bytes: &[u8]) -> Result<ChatCompletion, TrainerError> {
     let bad = |m: &str| TrainerError::BadResponse(m.to_owned());
-    let mut value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| TrainerError::BadResponse(format!("not JSON: {e}")))?;
-    let usage = value.get("usage").cloned().unwrap_or(Value::Null);
+    let top: CompletionFields = serde_json::from_slice(bytes).map_err(|e| {
+        TrainerError::BadResponse(match e.classify() {
+            serde_json::error::Category::Data => format!("not a chat completion: {e}"),
+            _ => format!("not JSON: {e}"),
+        })
+    })?;
+    let usage = top.usage.unwrap_or(Value::Null);
     let count = |k: &str| usage.get(k).and_then(Value::as_u64).unwrap_or(0);
     let (prompt_tokens, completion_tokens) = (count("prompt_tokens"), count("completion_tokens"));
     let total_tokens = usage
         .get("total_tokens")
         .and_then(Value::as_u64)
         .unwrap_or(prompt_tokens + completion_tokens);
-    // Token id lists can be long (the whole prompt): moved, never cloned.
-    let top_token_ids = value.get_mut("token_ids").map(Value::take);
-    let top_prompt_ids = value.get_mut("prompt_token_ids").map(Value::take);
-    let choice = value
-        .get_mut("choices")
-        .and_then(Value::as_array_mut)
-        .and_then(|c| c.first_mut())
+    let first = top
+        .choices
+        .and_then(|c| serde_json::from_str::<Vec<&RawValue>>(c.get()).ok())
+        .and_then(|c| c.first().copied())
         .ok_or_else(|| bad("no choices[0]"))?;
+    let choice: ChoiceFields = serde_json::from_str(first.get())
+        .map_err(|e| TrainerError::BadResponse(format!("choices[0] is not a choice: {e}")))?;
     let message = choice
-        .get_mut("message")
-        .map(Value::take)
+        .message
         .ok_or_else(|| bad("choices[0] has no message"))?;
-    if !message.is_object() {
-        return Err(bad("choices[0].message is not an object"));
-    }
+    let message: Map<String, Value> = serde_json::from_str(message.get())
+        .map_err(|_| bad("choices[0].message is not an object"))?;
+    // Re-encoded compactly with sorted keys, the way serde_json guests write
+    // it back: the next call's history then matches it byte for byte.
+    let message = serde_json::value::to_raw_value(&message)
+        .map_err(|e| TrainerError::BadResponse(format!("choices[0].message: {e}")))?;
     let finish_reason = choice
-        .get("finish_reason")
+        .finish_reason
+        .as_ref()
         .and_then(Value::as_str)
         .unwrap_or("stop")
         .to_owned();
-    let ids =
-        |v: Option<Value>| -> Option<Vec<u32>> { v.and_then(|v| serde_json::from_value(v).ok()) };
+    // A choice's own token ids win over the response's top-level ones.
+    let ids = |v: Option<&RawValue>| -> Option<Vec<u32>> {
+        v.and_then(|v| serde_json::from_str(v.get()).ok())
+    };
     Ok(ChatCompletion {
+        message,
         finish_reason,
         prompt_tokens,
         completion_tokens,
         total_tokens,
-        token_ids: ids(choice
-            .get_mut("token_ids")
-            .map(Value::take)
-            .or(top_token_ids)),
-        prompt_token_ids: ids(choice
-            .get_mut("prompt_token_ids")
-            .map(Value::take)
-            .or(top_prompt_ids)),
-        logprobs: choice
-            .get_mut("logprobs")
-            .map(Value::take)
-            .filter(|v| !v.is_null()),
-        message,
+        token_ids: ids(choice.token_ids.or(top.token_ids)),
+        prompt_token_ids: ids(choice.prompt_token_ids.or(top.prompt_token_ids)),
+        logprobs: choice.logprobs.map(|l| l.get().to_owned()),
     })
 }
 
@@ -351,7 +422,9 @@ mod tests {
             .unwrap()
             .clone();
         let messages = [json!({"role": "user", "content": "hi"})];
-        let body = serde_json::to_value(chat_body(&messages, &params, "r-1")).unwrap();
+        let body: Value =
+            serde_json::from_slice(&chat_body(&messages, &chat_fields(&params, "r-1")).unwrap())
+                .unwrap();
         assert_eq!(body["messages"], json!(messages));
         assert_eq!(body["temperature"], json!(0.2));
         assert_eq!(body["top_p"], json!(1.0));
@@ -361,7 +434,11 @@ mod tests {
         assert_eq!(body["logprobs"], json!(true));
         assert_eq!(body["rollout_id"], json!("r-1"));
         assert_eq!(body["model"], json!("default"));
-        let no_stop = serde_json::to_value(chat_body::<Value>(&[], &Map::new(), "r")).unwrap();
+        let no_stop: Value = serde_json::from_slice(
+            &chat_body::<Value>(&[], &chat_fields(&Map::new(), "r")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(no_stop["messages"], json!([]));
         assert!(no_stop.get("stop").is_none());
     }
 
@@ -382,7 +459,8 @@ mod tests {
             "prompt_token_ids": [9]
         });
         let c = parse_chat_completion(body.to_string().as_bytes()).unwrap();
-        assert_eq!(c.message["content"], json!("ok"));
+        let message: Value = serde_json::from_str(c.message.get()).unwrap();
+        assert_eq!(message["content"], json!("ok"));
         assert_eq!(
             (c.prompt_tokens, c.completion_tokens, c.total_tokens),
             (5, 2, 7)
@@ -393,5 +471,70 @@ mod tests {
             parse_chat_completion(b"{}"),
             Err(TrainerError::BadResponse(_))
         ));
+    }
+
+    #[test]
+    fn completion_fields_are_read_leniently_and_logprobs_kept_as_text() {
+        let parse = |v: Value| parse_chat_completion(v.to_string().as_bytes());
+        // The message comes back compact with sorted keys (as a serde_json
+        // guest re-encodes it); logprobs are passed on as written.
+        let c = parse(json!({
+            "choices": [{"message": {"role": "assistant", "content": "ok"},
+                         "logprobs": {"content": [{"token": "ok", "logprob": -0.5}]}}],
+            "token_ids": [3],
+            "usage": null
+        }))
+        .unwrap();
+        assert_eq!(c.message.get(), r#"{"content":"ok","role":"assistant"}"#);
+        assert_eq!(
+            c.logprobs.as_deref(),
+            Some(r#"{"content":[{"logprob":-0.5,"token":"ok"}]}"#)
+        );
+        assert_eq!(c.finish_reason, "stop");
+        assert_eq!(c.token_ids, Some(vec![3]));
+        assert_eq!((c.prompt_tokens, c.total_tokens), (0, 0));
+        let c = parse(json!({"choices": [{"message": {}, "logprobs": null, "token_ids": "x"}]}))
+            .unwrap();
+        assert_eq!((c.logprobs, c.token_ids), (None, None));
+        for (body, error) in [
+            (json!({"choices": []}), "no choices[0]"),
+            (json!({"choices": {"0": {}}}), "no choices[0]"),
+            (json!({"choices": [{}]}), "choices[0] has no message"),
+            (
+                json!({"choices": [{"message": "hi"}]}),
+                "choices[0].message is not an object",
+            ),
+            (json!("text"), "not a chat completion"),
+        ] {
+            match parse(body.clone()) {
+                Err(TrainerError::BadResponse(m)) => assert!(m.contains(error), "{body}: {m}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        match parse_chat_completion(b"{\"choices\": [") {
+            Err(TrainerError::BadResponse(m)) => assert!(m.starts_with("not JSON"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn endpoints_are_parsed_once_per_server_url() {
+        let client = TrainerClient::new(RetryPolicy::default()).unwrap();
+        let a = client.endpoints("http://trainer:8000").unwrap();
+        assert_eq!(a.chat.as_str(), "http://trainer:8000/v1/chat/completions");
+        assert_eq!(
+            a.completed.as_str(),
+            "http://trainer:8000/v1/rollout/completed"
+        );
+        assert!(Arc::ptr_eq(
+            &a,
+            &client.clone().endpoints("http://trainer:8000").unwrap()
+        ));
+        let b = client.endpoints("http://other:9000/base").unwrap();
+        assert_eq!(
+            b.chat.as_str(),
+            "http://other:9000/base/v1/chat/completions"
+        );
+        assert!(!Arc::ptr_eq(&a, &b));
     }
 }

@@ -7,8 +7,8 @@ use super::bindings::osmosis::rollout::types::{
 };
 use super::limits::LimitExceeded;
 use super::state::{Completion, RolloutHost, StoreState};
-use crate::protocol::{RolloutStatus, json_text, same_message, split_messages};
-use crate::trainer::{TrainerError, chat_body};
+use crate::protocol::{RolloutStatus, same_message, split_messages};
+use crate::trainer::{TrainerError, chat_body, chat_fields};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::time::Instant;
@@ -88,22 +88,27 @@ impl RolloutHost {
         // The history crosses as JSON text and goes on to the trainer as
         // that text: split and checked, never decoded and re-encoded.
         let messages = split_messages(&request.messages, "messages").map_err(invalid)?;
-        let own_params;
-        let params = match &request.params {
+        let own_fields;
+        let fields = match &request.params {
             Some(text) => {
-                own_params = parse_object(text, "params").map_err(invalid)?;
-                &own_params
+                let params = parse_object(text, "params").map_err(invalid)?;
+                own_fields = chat_fields(&params, &self.rollout_id);
+                &own_fields
             }
-            None => &self.completion_params,
+            None => &self.chat_fields,
         };
         self.check_append_only(&messages)?;
 
-        let body = serde_json::to_vec(&chat_body(&messages, params, &self.rollout_id))
+        let body = chat_body(&messages, fields)
             .map_err(|e| invalid(format!("cannot encode the chat request: {e}")))?;
         let started = Instant::now();
         let result = trainer
             .client
-            .chat(&trainer.chat_url, trainer.api_key.as_deref(), body.into())
+            .chat(
+                &trainer.endpoints.chat,
+                trainer.api_key.as_deref(),
+                body.into(),
+            )
             .await;
         self.metrics.llm_latency_ms += started.elapsed().as_secs_f64() * 1000.0;
         let completion = result.map_err(|e| {
@@ -116,15 +121,13 @@ impl RolloutHost {
         m.prompt_tokens += completion.prompt_tokens;
         m.response_tokens += completion.completion_tokens;
         m.max_context_tokens = m.max_context_tokens.max(completion.total_tokens);
-        let message = json_text(&completion.message);
-        // The history so far was checked to be a prefix: keep it, add the rest.
+        // The history so far was checked to be a prefix: keep it, add the
+        // rest and the reply, as the guest receives it.
         let known = self.history.len();
         self.history
             .extend(messages[known..].iter().map(|m| (*m).to_owned()));
-        // `message` is the encoding of a JSON object: valid raw JSON.
-        if let Ok(reply) = RawValue::from_string(message.clone()) {
-            self.history.push(reply);
-        }
+        let message = completion.message.get().to_owned();
+        self.history.push(completion.message);
         Ok(ChatResponse {
             message,
             finish_reason: completion.finish_reason,
@@ -135,7 +138,7 @@ impl RolloutHost {
             },
             token_ids: completion.token_ids,
             prompt_token_ids: completion.prompt_token_ids,
-            logprobs: completion.logprobs.as_ref().map(json_text),
+            logprobs: completion.logprobs,
         })
     }
 

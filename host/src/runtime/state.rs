@@ -5,7 +5,7 @@ use super::guest_io::{GuestOutput, Stream};
 use super::limits::{CpuMeter, GuestLimiter, LimitExceeded, Limits};
 use crate::debug_log::RolloutLog;
 use crate::protocol::{Message, Metrics, RolloutStatus};
-use crate::trainer::TrainerClient;
+use crate::trainer::{Endpoints, TrainerClient, chat_fields};
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -15,8 +15,7 @@ use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 #[derive(Debug, Clone)]
 pub struct TrainerLink {
     pub client: TrainerClient,
-    /// `{server_url}/v1/chat/completions`, parsed once per rollout.
-    pub chat_url: reqwest::Url,
+    pub endpoints: Arc<Endpoints>,
     pub api_key: Option<String>,
 }
 
@@ -42,7 +41,9 @@ pub struct RolloutHost {
     pub trainer: Option<TrainerLink>,
     /// The init request's messages (COMPLETED final_messages must start with them).
     pub request_messages: Vec<Message>,
-    pub completion_params: Map<String, Value>,
+    /// The chat request's fields for the init's `completion_params`,
+    /// encoded once ([`chat_fields`]).
+    pub chat_fields: String,
     /// The last chat call's messages plus its reply, each as the JSON text
     /// that crossed the boundary: the next call must start with exactly
     /// these (append-only history).
@@ -91,8 +92,8 @@ impl RolloutHost {
             rollout_id: rollout_id.into(),
             trainer: Some(trainer),
             history: Vec::new(),
+            chat_fields: chat_fields(&completion_params, rollout_id),
             request_messages,
-            completion_params,
             metrics: Metrics::default(),
             completion: None,
             debug_log,
@@ -108,7 +109,7 @@ impl RolloutHost {
             rollout_id: label.into(),
             trainer: None,
             request_messages: Vec::new(),
-            completion_params: Map::new(),
+            chat_fields: String::new(),
             history: Vec::new(),
             metrics: Metrics::default(),
             completion: None,

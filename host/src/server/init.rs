@@ -130,8 +130,8 @@ async fn admit_and_start(app: &Arc<App>, mut request: RolloutRequest, key: Strin
     // are checked against these texts.
     let request_messages = message_texts(&std::mem::take(&mut request.messages));
     let wit_request = wit_request(&request, &request_messages);
-    let chat_url = match crate::trainer::endpoint(&request.server_url, "/v1/chat/completions") {
-        Ok(url) => url,
+    let endpoints = match app.trainer.endpoints(&request.server_url) {
+        Ok(endpoints) => endpoints,
         Err(e) => {
             release();
             return InitOutcome::Failed {
@@ -144,7 +144,7 @@ async fn admit_and_start(app: &Arc<App>, mut request: RolloutRequest, key: Strin
         &request.rollout_id,
         TrainerLink {
             client: app.trainer.clone(),
-            chat_url,
+            endpoints: endpoints.clone(),
             api_key: request.api_key.clone(),
         },
         request_messages,
@@ -203,7 +203,15 @@ async fn admit_and_start(app: &Arc<App>, mut request: RolloutRequest, key: Strin
     };
     tracing::debug!(rollout_id = %request.rollout_id, "rollout accepted");
     app.tasks.spawn_on(
-        rollout::run(app.clone(), key, request, wit_request, instance, plugin),
+        rollout::run(
+            app.clone(),
+            key,
+            request,
+            endpoints,
+            wit_request,
+            instance,
+            plugin,
+        ),
         &app.guests,
     );
     InitOutcome::Accepted(body)
