@@ -2,14 +2,16 @@
 //! instantiation from the pre-instance (pooling and on-demand), instantiate
 //! plus `get-tools` (what an init does), and the JSON work on a 50-message
 //! history that each `chat` call costs the host (as done, on the messages'
-//! JSON text, and as it would cost through decoded values).
+//! JSON text, and as it would cost through decoded values), and reading a
+//! trainer's chat completion that carries logprobs (as done, and through
+//! values).
 //!
 //! `cargo bench --bench micro`
 
 use rollout_host::runtime::{
     AllocatorChoice, Limits, RolloutHost, Runtime, RuntimeConfig, WitRolloutRequest,
 };
-use rollout_host::trainer::{chat_body, chat_fields};
+use rollout_host::trainer::{chat_body, chat_fields, parse_chat_completion};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::hint::black_box;
@@ -159,7 +161,7 @@ fn main() {
             "    append-only check (49 messages)           {}",
             us(compare)
         );
-        println!("    build + encode the chat request body      {}", us(body));
+        println!("    write the chat request body               {}", us(body));
         println!(
             "    total                                     {}",
             us(split + compare + body)
@@ -181,5 +183,46 @@ fn main() {
             "    total                                     {}",
             us(parse + compare_values + body_values)
         );
+
+        // A trainer's answer with logprobs of a 256-token completion.
+        let completion = chat_completion(256);
+        let read = time(5_000, || async {
+            black_box(parse_chat_completion(black_box(&completion)).unwrap());
+        })
+        .await;
+        let read_values = time(5_000, || async {
+            let mut v: Value = serde_json::from_slice(black_box(&completion)).unwrap();
+            let choice = &mut v["choices"][0];
+            black_box(serde_json::to_string(&choice["message"].take()).unwrap());
+            black_box(serde_json::to_string(&choice["logprobs"].take()).unwrap());
+        })
+        .await;
+        println!(
+            "  a chat completion with logprobs of 256 tokens ({} bytes), per chat call:",
+            completion.len()
+        );
+        println!("    read the fields the host needs            {}", us(read));
+        println!(
+            "    decode into values, re-encode the parts   {}",
+            us(read_values)
+        );
     });
+}
+
+/// An OpenAI chat completion whose choice carries `n` tokens of logprobs
+/// with 5 alternatives each, as vLLM returns them.
+fn chat_completion(n: usize) -> Vec<u8> {
+    let token = |i: usize| {
+        json!({"token": format!("tok{i}"), "logprob": -0.125 * (i % 7) as f64,
+               "bytes": [116, 111, 107], "top_logprobs": (0..5).map(|k| json!(
+                   {"token": format!("alt{k}"), "logprob": -1.5 - k as f64, "bytes": [97]})).collect::<Vec<_>>()})
+    };
+    serde_json::to_vec(&json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "default",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "The answer is 42."},
+                     "logprobs": {"content": (0..n).map(token).collect::<Vec<_>>()}}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": n, "total_tokens": 100 + n}
+    }))
+    .unwrap()
 }

@@ -334,8 +334,8 @@ pub fn chat_body<M: serde::Serialize>(messages: &[M], fields: &str) -> serde_jso
 /// without being decoded; logprobs stay the trainer's JSON text.
 #[derive(serde::Deserialize)]
 struct CompletionFields<'a> {
-    #[serde(borrow, default)]
-    choices: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "first_choice")]
+    choices: Option<ChoiceFields<'a>>,
     #[serde(default)]
     usage: Option<Value>,
     #[serde(borrow, default)]
@@ -358,7 +358,37 @@ struct ChoiceFields<'a> {
     logprobs: Option<&'a RawValue>,
 }
 
-fn parse_chat_completion(bytes: &[u8]) -> Result<ChatCompletion, TrainerError> {
+/// `choices[0]`, read in the same pass as the rest (later choices are
+/// skipped); a missing or null list is `None`.
+fn first_choice<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<ChoiceFields<'de>>, D::Error> {
+    struct First;
+    impl<'de> serde::de::Visitor<'de> for First {
+        type Value = Option<ChoiceFields<'de>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of choices")
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let first = seq.next_element()?;
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(first)
+        }
+    }
+    d.deserialize_any(First)
+}
+
+/// Reads `choices[0]`, usage and token ids from a chat completion's body.
+pub fn parse_chat_completion(bytes: &[u8]) -> Result<ChatCompletion, TrainerError> {
     let bad = |m: &str| TrainerError::BadResponse(m.to_owned());
     let top: CompletionFields = serde_json::from_slice(bytes).map_err(|e| {
         TrainerError::BadResponse(match e.classify() {
@@ -373,13 +403,7 @@ fn parse_chat_completion(bytes: &[u8]) -> Result<ChatCompletion, TrainerError> {
         .get("total_tokens")
         .and_then(Value::as_u64)
         .unwrap_or(prompt_tokens + completion_tokens);
-    let first = top
-        .choices
-        .and_then(|c| serde_json::from_str::<Vec<&RawValue>>(c.get()).ok())
-        .and_then(|c| c.first().copied())
-        .ok_or_else(|| bad("no choices[0]"))?;
-    let choice: ChoiceFields = serde_json::from_str(first.get())
-        .map_err(|e| TrainerError::BadResponse(format!("choices[0] is not a choice: {e}")))?;
+    let choice = top.choices.ok_or_else(|| bad("no choices[0]"))?;
     let message = choice
         .message
         .ok_or_else(|| bad("choices[0] has no message"))?;
@@ -498,7 +522,11 @@ mod tests {
         assert_eq!((c.logprobs, c.token_ids), (None, None));
         for (body, error) in [
             (json!({"choices": []}), "no choices[0]"),
-            (json!({"choices": {"0": {}}}), "no choices[0]"),
+            (json!({"choices": null}), "no choices[0]"),
+            (
+                json!({"choices": {"0": {}}}),
+                "not a chat completion: invalid type: map, expected a list of choices",
+            ),
             (json!({"choices": [{}]}), "choices[0] has no message"),
             (
                 json!({"choices": [{"message": "hi"}]}),
