@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -76,40 +76,90 @@ fn parse_args() -> Result<Options, String> {
 
 /// The scripted trainer: a tool call per turn until `tool_turns`, then the
 /// final answer; callbacks are handed to whoever waits for that rollout.
+/// It does as little as a trainer can (it shares the CPUs with the host):
+/// its answers are encoded once, and it reads only the fields it needs.
 struct Trainer {
     latency: Duration,
-    tool_turns: usize,
-    waiting: Mutex<HashMap<String, oneshot::Sender<Value>>>,
+    /// The answer after `i` tool turns, for i in 0..=tool_turns.
+    replies: Vec<Bytes>,
+    waiting: Mutex<HashMap<String, oneshot::Sender<Callback>>>,
+}
+
+impl Trainer {
+    fn new(latency: Duration, tool_turns: usize) -> Self {
+        let replies = (0..=tool_turns)
+            .map(|turn| {
+                let (message, finish) = if turn < tool_turns {
+                    (
+                        json!({"role": "assistant", "content": null, "tool_calls": [
+                            {"id": format!("call_{turn}"), "type": "function",
+                             "function": {"name": "add", "arguments": "{\"a\": 2, \"b\": 3}"}}]}),
+                        "tool_calls",
+                    )
+                } else {
+                    (
+                        json!({"role": "assistant", "content": "The sum is #### 5"}),
+                        "stop",
+                    )
+                };
+                Bytes::from(
+                    serde_json::to_vec(&json!({
+                        "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
+                        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                        "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}
+                    }))
+                    .unwrap(),
+                )
+            })
+            .collect();
+        Self {
+            latency,
+            replies,
+            waiting: Mutex::default(),
+        }
+    }
+}
+
+/// What the trainer reads of a chat request: each message's role.
+#[derive(serde::Deserialize)]
+struct ChatRequest<'a> {
+    #[serde(borrow)]
+    messages: Vec<Role<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Role<'a> {
+    #[serde(borrow)]
+    role: std::borrow::Cow<'a, str>,
+}
+
+/// What the driver checks of a completion callback.
+#[derive(serde::Deserialize)]
+struct Callback {
+    rollout_id: String,
+    status: String,
+    reward: Option<f64>,
+    error_message: Option<String>,
 }
 
 async fn chat(State(t): State<Arc<Trainer>>, body: Bytes) -> (StatusCode, Bytes) {
-    let body: Value = serde_json::from_slice(&body).expect("chat body is JSON");
-    let turns_done = body["messages"]
-        .as_array()
-        .map_or(0, |m| m.iter().filter(|m| m["role"] == "tool").count());
+    let Ok(request) = serde_json::from_slice::<ChatRequest>(&body) else {
+        return (StatusCode::BAD_REQUEST, Bytes::from_static(b"{}"));
+    };
+    let turns_done = request.messages.iter().filter(|m| m.role == "tool").count();
     if !t.latency.is_zero() {
         tokio::time::sleep(t.latency).await;
     }
-    let message = if turns_done < t.tool_turns {
-        json!({"role": "assistant", "content": null, "tool_calls": [
-            {"id": format!("call_{turns_done}"), "type": "function",
-             "function": {"name": "add", "arguments": "{\"a\": 2, \"b\": 3}"}}]})
-    } else {
-        json!({"role": "assistant", "content": "The sum is #### 5"})
-    };
-    let reply = json!({
-        "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
-        "choices": [{"index": 0, "message": message, "finish_reason": if turns_done < t.tool_turns { "tool_calls" } else { "stop" }}],
-        "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}
-    });
-    (StatusCode::OK, Bytes::from(reply.to_string()))
+    let reply = &t.replies[turns_done.min(t.replies.len() - 1)];
+    (StatusCode::OK, reply.clone())
 }
 
 async fn completed(State(t): State<Arc<Trainer>>, body: Bytes) -> StatusCode {
-    let body: Value = serde_json::from_slice(&body).expect("callback is JSON");
-    let id = body["rollout_id"].as_str().unwrap_or_default().to_owned();
-    if let Some(tx) = t.waiting.lock().unwrap().remove(&id) {
-        let _ = tx.send(body);
+    let Ok(callback) = serde_json::from_slice::<Callback>(&body) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    if let Some(tx) = t.waiting.lock().unwrap().remove(&callback.rollout_id) {
+        let _ = tx.send(callback);
     }
     StatusCode::OK
 }
@@ -240,6 +290,14 @@ impl RssSampler {
     }
 }
 
+/// An init request's fields after `rollout_id` and `server_url`.
+const INIT_FIELDS: &str = concat!(
+    r#""messages":[{"role":"system","content":"You are a calculator."},"#,
+    r#"{"role":"user","content":"What is 2 + 3?"}],"#,
+    r#""completion_params":{"temperature":0.7,"max_tokens":256},"#,
+    r#""metadata":{"ground_truth":"5"}"#
+);
+
 struct Run {
     wall: Duration,
     init: Vec<Duration>,
@@ -271,9 +329,9 @@ async fn drive(
             init_slots.clone(),
             trainer.clone(),
         );
-        let (host_url, trainer_url, prefix) = (
-            host_url.to_owned(),
-            trainer_url.to_owned(),
+        let (init_url, trainer_url, prefix) = (
+            format!("{host_url}/v1/rollout/init"),
+            serde_json::to_string(trainer_url).unwrap(),
             prefix.to_owned(),
         );
         workers.push(tokio::spawn(async move {
@@ -292,19 +350,16 @@ async fn drive(
                 let id = format!("{prefix}-{i}");
                 let (tx, rx) = oneshot::channel();
                 trainer.waiting.lock().unwrap().insert(id.clone(), tx);
-                let body = json!({
-                    "rollout_id": id,
-                    "server_url": trainer_url,
-                    "messages": [{"role": "system", "content": "You are a calculator."},
-                                 {"role": "user", "content": "What is 2 + 3?"}],
-                    "completion_params": {"temperature": 0.7, "max_tokens": 256},
-                    "metadata": {"ground_truth": "5"}
-                });
+                let body = format!(
+                    r#"{{"rollout_id":{},"server_url":{trainer_url},{INIT_FIELDS}}}"#,
+                    serde_json::to_string(&id).unwrap()
+                );
                 let t0 = Instant::now();
                 let permit = init_slots.acquire().await.unwrap();
                 let sent = client
-                    .post(format!("{host_url}/v1/rollout/init"))
-                    .json(&body)
+                    .post(init_url.as_str())
+                    .header("content-type", "application/json")
+                    .body(body)
                     .send()
                     .await;
                 let status = sent.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
@@ -318,12 +373,22 @@ async fn drive(
                     continue;
                 }
                 match tokio::time::timeout(Duration::from_secs(120), rx).await {
-                    Ok(Ok(done)) if done["status"] == "COMPLETED" && done["reward"] == 1.0 => {
+                    Ok(Ok(done)) if done.status == "COMPLETED" && done.reward == Some(1.0) => {
                         run.end_to_end.push(t0.elapsed())
                     }
                     other => {
                         run.errors += 1;
-                        run.first_error.get_or_insert(format!("{id}: {other:?}"));
+                        let what = match other {
+                            Ok(Ok(done)) => format!(
+                                "{} with reward {:?}: {}",
+                                done.status,
+                                done.reward,
+                                done.error_message.unwrap_or_default()
+                            ),
+                            Ok(Err(_)) => "no callback".to_owned(),
+                            Err(_) => "no callback within 120 s".to_owned(),
+                        };
+                        run.first_error.get_or_insert(format!("{id}: {what}"));
                     }
                 }
             }
@@ -384,11 +449,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let trainer = Arc::new(Trainer {
-        latency: o.trainer_latency,
-        tool_turns: o.tool_turns,
-        waiting: Mutex::default(),
-    });
+    let trainer = Arc::new(Trainer::new(o.trainer_latency, o.tool_turns));
     let trainer_url = trainer_runtime.block_on(async {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -408,9 +469,11 @@ fn main() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let before = process_usage(pid);
+        let bench_before = process_usage(std::process::id());
         let sampler = RssSampler::start(pid);
         let run = drive(&host.url, &trainer, &trainer_url, "run", o.rollouts, &o).await;
         let after = process_usage(pid);
+        let bench_after = process_usage(std::process::id());
         let (sampled_peak, shmem_at_peak) = sampler.stop();
 
         let done = run.end_to_end.len();
@@ -437,6 +500,12 @@ fn main() {
             per_rollout(user),
             per_rollout(system),
             (user + system).as_secs_f64()
+        );
+        let bench_cpu = (bench_after.user + bench_after.system)
+            .saturating_sub(bench_before.user + bench_before.system);
+        println!(
+            "  bench CPU per rollout {:.0} us (trainer, driver and RSS sampler, on the same CPUs)",
+            per_rollout(bench_cpu)
         );
         println!(
             "  host RSS              peak {:.1} MiB, idle {:.1} MiB, {:.1} KiB per in-flight rollout",
