@@ -23,7 +23,11 @@ pub struct ChatResult {
     pub usage: Usage,
     pub token_ids: Option<Vec<u32>>,
     pub prompt_token_ids: Option<Vec<u32>>,
-    pub logprobs: Option<Value>,
+    /// The log-probabilities as the trainer sent them (JSON text), when it
+    /// sent them. Kept as text: trainers send them for every token by
+    /// default, and most agents never read them; see
+    /// [`logprobs`](Self::logprobs).
+    pub logprobs_json: Option<String>,
 }
 
 impl ChatResult {
@@ -42,6 +46,13 @@ impl ChatResult {
     /// The message's text content, if any.
     pub fn content(&self) -> Option<&str> {
         self.message.get("content").and_then(Value::as_str)
+    }
+
+    /// The log-probabilities, decoded (each call decodes them again).
+    pub fn logprobs(&self) -> Option<Value> {
+        self.logprobs_json
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
     }
 }
 
@@ -167,12 +178,6 @@ impl RolloutContext {
         let reply = host::chat(&request).map_err(|e| AgentError::Chat(describe_chat_error(e)))?;
         let message = serde_json::from_str(&reply.message)
             .map_err(|e| AgentError::Chat(format!("host sent a malformed message: {e}")))?;
-        let logprobs = reply
-            .logprobs
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(|e| AgentError::Chat(format!("host sent malformed logprobs: {e}")))?;
         self.completion_tokens += reply.usage.completion_tokens;
         Ok(ChatResult {
             message,
@@ -184,7 +189,7 @@ impl RolloutContext {
             },
             token_ids: reply.token_ids,
             prompt_token_ids: reply.prompt_token_ids,
-            logprobs,
+            logprobs_json: reply.logprobs,
         })
     }
 

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo bench --bench rollouts -- [--rollouts N] [--concurrency C]
-//!     [--trainer-latency-ms L] [--tool-turns T] [--warmup W] [-- HOST ARGS...]
+//!     [--trainer-latency-ms L] [--tool-turns T] [--logprobs-tokens K]
+//!     [--warmup W] [--init-parallelism P] [-- HOST ARGS...]
 //! ```
 //!
 //! Prints throughput, init and end-to-end latency percentiles, the host's CPU
@@ -33,6 +34,9 @@ struct Options {
     concurrency: usize,
     trainer_latency: Duration,
     tool_turns: usize,
+    /// Tokens of logprobs in each chat answer (what a vLLM trainer sends
+    /// with `logprobs: true`); 0 sends none.
+    logprobs_tokens: usize,
     warmup: usize,
     /// Most init requests in flight at once (a trainer does not open
     /// thousands of connections at the same instant).
@@ -46,6 +50,7 @@ fn parse_args() -> Result<Options, String> {
         concurrency: 64,
         trainer_latency: Duration::ZERO,
         tool_turns: 1,
+        logprobs_tokens: 0,
         warmup: 1_000,
         init_parallelism: 256,
         host_args: Vec::new(),
@@ -64,6 +69,7 @@ fn parse_args() -> Result<Options, String> {
                 o.trainer_latency = Duration::from_millis(value("--trainer-latency-ms")? as u64)
             }
             "--tool-turns" => o.tool_turns = value("--tool-turns")?,
+            "--logprobs-tokens" => o.logprobs_tokens = value("--logprobs-tokens")?,
             "--warmup" => o.warmup = value("--warmup")?,
             "--init-parallelism" => o.init_parallelism = value("--init-parallelism")?.max(1),
             "--bench" => {} // passed by `cargo bench`
@@ -86,7 +92,13 @@ struct Trainer {
 }
 
 impl Trainer {
-    fn new(latency: Duration, tool_turns: usize) -> Self {
+    fn new(latency: Duration, tool_turns: usize, logprobs_tokens: usize) -> Self {
+        let token = |i: usize| {
+            json!({"token": format!("tok{i}"), "logprob": -0.125 * (i % 7) as f64, "bytes": [116, 111, 107],
+                   "top_logprobs": [{"token": "alt", "logprob": -2.5, "bytes": [97, 108, 116]}]})
+        };
+        let logprobs = (logprobs_tokens > 0)
+            .then(|| json!({"content": (0..logprobs_tokens).map(token).collect::<Vec<_>>()}));
         let replies = (0..=tool_turns)
             .map(|turn| {
                 let (message, finish) = if turn < tool_turns {
@@ -105,7 +117,7 @@ impl Trainer {
                 Bytes::from(
                     serde_json::to_vec(&json!({
                         "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
-                        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": logprobs}],
                         "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}
                     }))
                     .unwrap(),
@@ -449,7 +461,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let trainer = Arc::new(Trainer::new(o.trainer_latency, o.tool_turns));
+    let trainer = Arc::new(Trainer::new(
+        o.trainer_latency,
+        o.tool_turns,
+        o.logprobs_tokens,
+    ));
     let trainer_url = trainer_runtime.block_on(async {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -484,11 +500,12 @@ fn main() {
         let rss_peak = after.peak_rss_kib.max(sampled_peak);
         let private_peak = sampled_peak.saturating_sub(shmem_at_peak);
         println!(
-            "rollout-host bench: {} rollouts, {} in flight, trainer latency {} ms, {} tool turn(s); {} CPUs",
+            "rollout-host bench: {} rollouts, {} in flight, trainer latency {} ms, {} tool turn(s), {} tokens of logprobs; {} CPUs",
             o.rollouts,
             o.concurrency,
             o.trainer_latency.as_millis(),
             o.tool_turns,
+            o.logprobs_tokens,
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         println!("  throughput            {:.0} rollouts/s ({done} completed in {:.2} s)", done as f64 / run.wall.as_secs_f64(), run.wall.as_secs_f64());

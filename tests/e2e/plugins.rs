@@ -83,6 +83,61 @@ async fn trap_and_missing_complete_each_get_one_error_callback() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn chat_replies_reach_the_plugin_whole() {
+    let logprobs = json!({"content": [
+        {"token": "hi", "logprob": -0.25, "bytes": [104, 105], "top_logprobs": [{"token": "yo", "logprob": -1.5}]}
+    ]});
+    let trainer = Trainer::start({
+        let logprobs = logprobs.clone();
+        move |body, _| {
+            if body["rollout_id"] == "m-bare" {
+                return (200, completion(json!({"role": "assistant", "content": "ok"}), "stop", 1));
+            }
+            (200, json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "hi", "refusal": null},
+                     "finish_reason": "length", "token_ids": [7, 8, 9], "logprobs": logprobs},
+                    {"index": 1, "message": {"role": "assistant", "content": "other"}, "finish_reason": "stop"}
+                ],
+                "prompt_token_ids": [1, 2, 3],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+            }))
+        }
+    })
+    .await;
+    let server = Server::start("misbehave", &[]);
+    for id in ["m-full", "m-bare"] {
+        let (status, answer) = server.init(&misbehave_body(id, &trainer, "echo")).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+
+    let done = trainer.single_completion("m-full").await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    let seen = &done["extra_fields"];
+    assert_eq!(seen["finish_reason"], "length");
+    assert_eq!(seen["usage"], json!([3, 3, 6]));
+    assert_eq!(seen["token_ids"], json!([7, 8, 9]));
+    assert_eq!(seen["prompt_token_ids"], json!([1, 2, 3]));
+    assert_eq!(seen["logprobs"], logprobs);
+    let text: Value = serde_json::from_str(seen["logprobs_json"].as_str().unwrap()).unwrap();
+    assert_eq!(text, logprobs);
+    assert_eq!(
+        done["final_messages"].as_array().unwrap().last().unwrap(),
+        &json!({"role": "assistant", "content": "hi", "refusal": null})
+    );
+    assert_eq!(done["finish_reason"], "length");
+
+    let bare = trainer.single_completion("m-bare").await;
+    assert_eq!(bare["status"], "COMPLETED", "{bare}");
+    let seen = &bare["extra_fields"];
+    assert_eq!(seen["finish_reason"], "stop");
+    for absent in ["token_ids", "prompt_token_ids", "logprobs", "logprobs_json"] {
+        assert_eq!(seen[absent], Value::Null, "{absent}: {seen}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn get_tools_trap_fails_the_init_and_frees_the_key() {
     let trainer = Trainer::calculator("add", 1.0, 1.0, "2").await;
     let server = Server::start("misbehave", &[]);

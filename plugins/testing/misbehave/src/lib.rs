@@ -137,9 +137,26 @@ impl Agent for Misbehave {
                 ctx.complete(&rewritten, "stop", None)
             }
             "echo" => {
+                // Completes with what the chat call returned, for the
+                // trainer to check.
                 let reply = ctx.chat(&messages)?;
+                let mut seen = Map::new();
+                seen.insert("finish_reason".into(), json!(reply.finish_reason));
+                seen.insert(
+                    "usage".into(),
+                    json!([
+                        reply.usage.prompt_tokens,
+                        reply.usage.completion_tokens,
+                        reply.usage.total_tokens
+                    ]),
+                );
+                seen.insert("token_ids".into(), json!(reply.token_ids));
+                seen.insert("prompt_token_ids".into(), json!(reply.prompt_token_ids));
+                seen.insert("logprobs_json".into(), json!(reply.logprobs_json));
+                seen.insert("logprobs".into(), json!(reply.logprobs()));
+                let finish_reason = reply.finish_reason.clone();
                 messages.push(reply.message);
-                ctx.complete(&messages, &reply.finish_reason, None)
+                ctx.complete_with(&messages, &finish_reason, None, seen)
             }
             _ => calculator::Calculator.run(ctx),
         }
