@@ -18,6 +18,12 @@ pub struct Cli {
     #[arg(long, env = "ROLLOUT_PLUGIN", value_name = "PATH")]
     pub plugin: PathBuf,
 
+    /// Swap in the plugin file again whenever it changes (checked every
+    /// 0.5 s), without a restart: running rollouts finish on the plugin they
+    /// started with. `SIGHUP` reloads it with or without this flag.
+    #[arg(long, env = "ROLLOUT_RELOAD", value_parser = clap::builder::FalseyValueParser::new())]
+    pub reload: bool,
+
     /// Address to bind.
     #[arg(
         short = 'H',
@@ -165,6 +171,7 @@ impl Cli {
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
             plugin: self.plugin.clone(),
+            reload: self.reload,
             bind: SocketAddr::new(self.host, self.port),
             api_key: self.api_key.clone().filter(|k| !k.is_empty()),
             debug_dir: self.log_dir.clone(),

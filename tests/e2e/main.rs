@@ -6,3 +6,4 @@ mod plugins;
 mod protocol;
 mod rollouts;
 mod sandbox;
+mod swap;

@@ -27,7 +27,7 @@ pub async fn platform_health(State(app): State<Arc<App>>, headers: HeaderMap) ->
 fn body(app: &App) -> Response {
     Json(json!({
         "status": "healthy",
-        "agent_loop": app.plugin.name(),
+        "agent_loop": app.plugin.current().name(),
         "active_rollouts": app.stats.active.load(Ordering::Relaxed),
         "completed_rollouts": app.stats.completed.load(Ordering::Relaxed),
     }))

@@ -154,7 +154,7 @@ async fn admit_and_start(app: &Arc<App>, mut request: RolloutRequest, key: Strin
             .map(|log| log.rollout(&request.rollout_id)),
         HostCallLimits::new(&app.limits, request.max_turns),
     );
-    let plugin = app.plugin.clone();
+    let plugin = app.plugin.current();
     let (instance, wit_tools) = match plugin.start(host, &wit_request).await {
         Ok(started) => started,
         Err(message) => {

@@ -3,10 +3,11 @@
 mod auth;
 mod health;
 mod init;
+mod swap;
 
 use crate::debug_log::DebugLog;
 use crate::idempotency::IdempotencyStore;
-use crate::runtime::{AllocatorChoice, Limits, LoadError, Plugin, Runtime, RuntimeConfig};
+use crate::runtime::{AllocatorChoice, Limits, LoadError, Runtime, RuntimeConfig};
 use crate::trainer::{RetryPolicy, TrainerClient};
 use axum::Router;
 use axum::http::StatusCode;
@@ -26,6 +27,8 @@ use tokio_util::task::TaskTracker;
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub plugin: PathBuf,
+    /// Reload the plugin when its file changes (`SIGHUP` always reloads).
+    pub reload: bool,
     pub bind: SocketAddr,
     pub api_key: Option<String>,
     pub debug_dir: Option<PathBuf>,
@@ -80,7 +83,8 @@ pub struct Stats {
 
 /// State shared by all requests and rollouts.
 pub struct App {
-    pub plugin: Arc<Plugin>,
+    /// The plugin new rollouts start with (swapped in place on reload).
+    pub plugin: swap::PluginSlot,
     pub limits: Limits,
     pub trainer: TrainerClient,
     pub api_key: Option<String>,
@@ -100,6 +104,9 @@ pub struct App {
     /// The runtime that executes plugins (instantiation, get-tools, runs).
     pub guests: tokio::runtime::Handle,
 }
+
+/// How often `--reload` looks at the plugin file.
+const RELOAD_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// Runs the server on two runtimes: a small one for HTTP (accept, parse,
 /// health, init's `get-tools`) and one that runs the agents, whose threads
@@ -168,7 +175,7 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     let trainer =
         TrainerClient::new(config.retry.clone()).map_err(|e| ServerError::Client(e.to_string()))?;
     let app = Arc::new(App {
-        plugin: Arc::new(plugin),
+        plugin: swap::PluginSlot::new(runtime, config.plugin.clone(), plugin),
         limits: config.limits.clone(),
         trainer,
         api_key: config.api_key.clone(),
@@ -194,6 +201,13 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     tracing::info!("listening on http://{local}");
 
     let expiry = tokio::spawn(expire_records(app.idempotency.clone(), config.record_ttl));
+    let mut reloads = vec![tokio::spawn(swap::reload_on_hangup(app.clone()))];
+    if config.reload {
+        reloads.push(tokio::spawn(swap::reload_on_change(
+            app.clone(),
+            RELOAD_CHECK_EVERY,
+        )));
+    }
     // Responses are one write each: send them at once (no Nagle delay).
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
@@ -205,6 +219,7 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         .await
         .map_err(ServerError::Serve)?;
     expiry.abort();
+    reloads.iter().for_each(|r| r.abort());
     drain(&app, config.shutdown_grace).await;
     Ok(())
 }

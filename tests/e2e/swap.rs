@@ -1,0 +1,146 @@
+//! Hot swap: a new plugin file replaces the running plugin in place, on
+//! `--reload` (file change) or `SIGHUP`, without dropping a rollout.
+
+use crate::harness::*;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Puts a copy of `src` at `dest` by rename, the way a deployment should.
+fn deploy(src: &Path, dest: &Path) {
+    let staged = dest.with_extension("staged");
+    std::fs::copy(src, &staged).unwrap();
+    std::fs::rename(&staged, dest).unwrap();
+}
+
+async fn agent(server: &Server) -> Value {
+    server.get("/health", None).await.1["agent_loop"].clone()
+}
+
+async fn wait_for_agent(server: &Server, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent(server).await != name {
+        assert!(
+            Instant::now() < deadline,
+            "agent is not {name}:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for_log(server: &Server, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in the log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn echo_body(id: &str, trainer: &Trainer) -> Value {
+    let mut body = init_body(id, trainer);
+    body["metadata"] = json!({"mode": "echo"});
+    body
+}
+
+fn hang_up(server: &Server) {
+    let sent = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_plugin_file_is_swapped_in_without_dropping_rollouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.wasm");
+    deploy(&plugin("calc"), &path);
+    // Each calculator rollout takes two 4 s chats: they are in flight
+    // across the swap.
+    let trainer = Trainer::start_with(
+        calculator_script("add", 5.0, 3.0, "8"),
+        200,
+        Duration::from_secs(4),
+    )
+    .await;
+    let server = Server::start_path(&path, &["--reload"]);
+    assert_eq!(agent(&server).await, "calculator");
+    for i in 0..4 {
+        let (status, answer) = server.init(&init_body(&format!("old-{i}"), &trainer)).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+
+    deploy(&plugin("misbehave"), &path);
+    wait_for_agent(&server, "misbehave").await;
+    assert!(
+        trainer.completions().is_empty(),
+        "the swap must happen while the calculator rollouts run"
+    );
+    assert_eq!(
+        server.get("/health", None).await.1["active_rollouts"],
+        4,
+        "the rollouts in flight are still running"
+    );
+
+    // New rollouts run the new plugin (misbehave's echo reports its chat).
+    let (status, answer) = server.init(&echo_body("new-1", &trainer)).await;
+    assert_eq!(status, 202, "{answer}");
+    let done = trainer.single_completion("new-1").await;
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(done["extra_fields"]["finish_reason"], "tool_calls");
+    // The rollouts in flight finished on the calculator they started with.
+    for i in 0..4 {
+        let done = trainer.single_completion(&format!("old-{i}")).await;
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+        assert_eq!(done["reward"], 1.0, "{done}");
+    }
+    assert_eq!(trainer.completions().len(), 5, "one callback per rollout");
+
+    // A file that does not load is reported; the running plugin stays.
+    let bad = dir.path().join("bad.wasm");
+    std::fs::write(&bad, b"\0asm but not a component").unwrap();
+    deploy(&bad, &path);
+    wait_for_log(&server, "plugin not swapped").await;
+    assert!(server.log().contains("is not a WebAssembly component"));
+    assert_eq!(agent(&server).await, "misbehave");
+    let (status, answer) = server.init(&echo_body("new-2", &trainer)).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        trainer.single_completion("new-2").await["status"],
+        "COMPLETED"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_plugin_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.wasm");
+    deploy(&plugin("calc"), &path);
+    let trainer = Trainer::calculator("add", 2.0, 2.0, "4").await;
+    let server = Server::start_path(&path, &[]);
+
+    // Without --reload a new file alone changes nothing.
+    deploy(&plugin("misbehave"), &path);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(agent(&server).await, "calculator");
+    hang_up(&server);
+    wait_for_agent(&server, "misbehave").await;
+
+    // A failed reload keeps the running plugin, and the server serving.
+    std::fs::write(&path, b"not wasm at all").unwrap();
+    hang_up(&server);
+    wait_for_log(&server, "plugin not swapped").await;
+    assert_eq!(agent(&server).await, "misbehave");
+    let (status, answer) = server.init(&echo_body("after", &trainer)).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(
+        trainer.single_completion("after").await["status"],
+        "COMPLETED"
+    );
+}
