@@ -5,6 +5,8 @@ use crate::harness::*;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Puts a copy of `src` at `dest` by rename, the way a deployment should.
@@ -143,4 +145,93 @@ async fn sighup_reloads_the_plugin_file() {
         trainer.single_completion("after").await["status"],
         "COMPLETED"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swapping_under_load_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.wasm");
+    deploy(&plugin("calc"), &path);
+    // Both plugins run the calculator on a request without a mode, so every
+    // rollout must complete with reward 1 whichever plugin it starts on.
+    let trainer = Trainer::start_with(
+        calculator_script("add", 5.0, 3.0, "8"),
+        200,
+        Duration::from_millis(20),
+    )
+    .await;
+    let server = Arc::new(Server::start_path(&path, &[]));
+    // Ten senders start rollouts until the last swap is done.
+    let (sent, swapping) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(true)),
+    );
+    let senders: Vec<_> = (0..10)
+        .map(|_| {
+            let (server, url) = (server.clone(), trainer.url.clone());
+            let (sent, swapping) = (sent.clone(), swapping.clone());
+            tokio::spawn(async move {
+                while swapping.load(Ordering::SeqCst) {
+                    let i = sent.fetch_add(1, Ordering::SeqCst);
+                    let body = json!({
+                        "rollout_id": format!("load-{i}"),
+                        "server_url": url,
+                        "messages": [{"role": "user", "content": "What is 5 + 3?"}],
+                        "completion_params": {},
+                        "metadata": {"ground_truth": "8"}
+                    });
+                    // A full server answers 429; the trainer tries again.
+                    loop {
+                        let (status, answer) = server.init(&body).await;
+                        if status == 202 {
+                            break;
+                        }
+                        assert_eq!(status, 429, "load-{i}: {answer}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+    for (n, (file, agent_name)) in [
+        ("misbehave", "misbehave"),
+        ("calc", "calculator"),
+        ("misbehave", "misbehave"),
+        ("calc", "calculator"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        deploy(&plugin(file), &path);
+        hang_up(&server);
+        wait_for_agent(&server, agent_name).await;
+        assert_eq!(server.log().matches("plugin swapped").count(), n + 1);
+    }
+    swapping.store(false, Ordering::SeqCst);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let rollouts = sent.load(Ordering::SeqCst);
+    assert!(
+        rollouts >= 100,
+        "only {rollouts} rollouts overlapped the swaps"
+    );
+
+    let done = trainer
+        .wait_completions(rollouts, Duration::from_secs(60))
+        .await;
+    let mut ids: Vec<String> = done
+        .iter()
+        .map(|c| {
+            assert_eq!(c.body["status"], "COMPLETED", "{}", c.body);
+            assert_eq!(c.body["reward"], 1.0, "{}", c.body);
+            c.body["rollout_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), rollouts, "one callback per rollout");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(trainer.completions().len(), rollouts, "no second callback");
 }

@@ -191,6 +191,7 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         guests,
     });
 
+    let hangups = swap::hangups();
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|source| ServerError::Bind {
@@ -201,7 +202,7 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     tracing::info!("listening on http://{local}");
 
     let expiry = tokio::spawn(expire_records(app.idempotency.clone(), config.record_ttl));
-    let mut reloads = vec![tokio::spawn(swap::reload_on_hangup(app.clone()))];
+    let mut reloads = vec![tokio::spawn(swap::reload_on_hangup(app.clone(), hangups))];
     if config.reload {
         reloads.push(tokio::spawn(swap::reload_on_change(
             app.clone(),

@@ -73,25 +73,38 @@ impl PluginSlot {
     }
 }
 
-/// Reloads the plugin on every `SIGHUP`.
-pub async fn reload_on_hangup(app: Arc<App>) {
+/// `SIGHUP`s from now on (instead of their default action, which ends the
+/// process): take them before saying the server is up.
+#[cfg(unix)]
+pub type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+pub type Hangups = Option<std::convert::Infallible>;
+
+pub fn hangups() -> Hangups {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP: reload by signal is off");
-                return;
-            }
-        };
+        signal(SignalKind::hangup())
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "cannot listen for SIGHUP: reload by signal is off"),
+            )
+            .ok()
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Reloads the plugin on every `SIGHUP`.
+pub async fn reload_on_hangup(app: Arc<App>, hangups: Hangups) {
+    #[cfg(unix)]
+    if let Some(mut hangups) = hangups {
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the plugin");
             app.plugin.reload_logged("SIGHUP").await;
         }
     }
     #[cfg(not(unix))]
-    let _ = app;
+    let _ = (app, hangups);
 }
 
 /// What identifies a version of the plugin file.
