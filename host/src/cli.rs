@@ -24,6 +24,11 @@ pub struct Cli {
     #[arg(long, env = "ROLLOUT_RELOAD", value_parser = clap::builder::FalseyValueParser::new())]
     pub reload: bool,
 
+    /// Load the plugin, ask it for its tools and check them, print what it
+    /// offers and exit (0 when valid): nothing is served.
+    #[arg(long)]
+    pub validate: bool,
+
     /// Address to bind.
     #[arg(
         short = 'H',

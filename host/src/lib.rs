@@ -9,6 +9,7 @@
 //! - [`trainer`]: calls to the trainer (chat, completion callback, retries);
 //! - [`runtime`]: wasmtime engine, plugin loading, host functions;
 //! - [`debug_log`]: the per-rollout `.jsonl` debug log;
+//! - [`validate`]: `--validate`, checking a plugin without serving;
 //! - [`cli`]: command-line flags.
 
 pub mod cli;
@@ -19,3 +20,4 @@ pub mod rollout;
 pub mod runtime;
 pub mod server;
 pub mod trainer;
+pub mod validate;

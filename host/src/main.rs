@@ -18,8 +18,25 @@ fn main() -> ExitCode {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    let config = cli.server_config();
+    if cli.validate {
+        return match rollout_host::validate::validate(
+            &config.plugin,
+            config.limits,
+            config.allocator,
+        ) {
+            Ok(report) => {
+                println!("{}: {report}", config.plugin.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rollout-host: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     raise_open_file_limit();
-    match rollout_host::server::serve(cli.server_config()) {
+    match rollout_host::server::serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rollout-host: {e}");

@@ -313,7 +313,8 @@ fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-fn run_cli(args: &[&str]) -> (i32, String) {
+/// Runs the binary to its end: exit code, stderr, stdout.
+fn run_cli_output(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(host_binary())
         .args(args)
         .env_remove("RUST_LOG")
@@ -322,11 +323,43 @@ fn run_cli(args: &[&str]) -> (i32, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+fn run_cli(args: &[&str]) -> (i32, String) {
+    let (code, stderr, _) = run_cli_output(args);
+    (code, stderr)
 }
 
 fn last_line(stderr: &str) -> &str {
     stderr.lines().last().unwrap_or("")
+}
+
+#[test]
+fn validate_checks_a_plugin_without_serving() {
+    let calc = plugin("calc");
+    let (code, stderr, stdout) =
+        run_cli_output(&["--plugin", calc.to_str().unwrap(), "--validate"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "{}: agent \"calculator\" with 4 tool(s): add, subtract, multiply, divide",
+            calc.display()
+        )
+    );
+    // The sample request has no metadata, so misbehave (no mode) offers the
+    // calculator's tools under its own name. Tools are checked as an init
+    // checks them (get_tools_trap_fails_the_init_and_frees_the_key).
+    let misbehave = plugin("misbehave");
+    let (code, _, stdout) =
+        run_cli_output(&["--plugin", misbehave.to_str().unwrap(), "--validate"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("agent \"misbehave\" with 4 tool(s)"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -357,13 +390,20 @@ fn plugins_that_do_not_fit_are_refused_with_one_line() {
         ),
     ];
     for (path, expected) in cases {
-        let (code, stderr) = run_cli(&["--plugin", &path, "--port", "0", "--host", "127.0.0.1"]);
-        assert_ne!(code, 0, "{path}");
-        let line = last_line(&stderr);
-        assert!(
-            line.starts_with("rollout-host: ") && line.contains(expected),
-            "{path}: {stderr}"
-        );
+        // Serving and `--validate` refuse it the same way.
+        for extra in ["--port", "--validate"] {
+            let mut args = vec!["--plugin", &path, "--host", "127.0.0.1", extra];
+            if extra == "--port" {
+                args.push("0");
+            }
+            let (code, stderr) = run_cli(&args);
+            assert_eq!(code, 1, "{path} {extra}");
+            let line = last_line(&stderr);
+            assert!(
+                line.starts_with("rollout-host: ") && line.contains(expected),
+                "{path} {extra}: {stderr}"
+            );
+        }
     }
     let (code, stderr) = run_cli(&["--plugin", "x.wasm", "--max-concurrent", "0"]);
     assert_eq!(code, 2, "bad flags are a usage error: {stderr}");

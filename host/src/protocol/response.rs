@@ -21,14 +21,25 @@ pub struct ToolFunction {
 }
 
 impl Tool {
-    pub fn function(name: String, description: String, parameters: Box<RawValue>) -> Self {
-        Self {
-            kind: "function",
-            function: ToolFunction {
-                name,
-                description,
-                parameters,
-            },
+    /// A function tool as a plugin described it: `parameters` must be the
+    /// text of a JSON object (a JSON Schema), passed on as written.
+    pub fn from_plugin(
+        name: String,
+        description: String,
+        parameters: String,
+    ) -> Result<Self, String> {
+        match RawValue::from_string(parameters) {
+            Ok(parameters) if parameters.get().starts_with('{') => Ok(Self {
+                kind: "function",
+                function: ToolFunction {
+                    name,
+                    description,
+                    parameters,
+                },
+            }),
+            _ => Err(format!(
+                "plugin returned tool '{name}' whose parameters are not a JSON object"
+            )),
         }
     }
 }
@@ -101,11 +112,9 @@ mod tests {
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["status"], json!("COMPLETED"));
         assert!(v.get("reward").is_none() && v.get("error_message").is_none());
-        let tool = serde_json::to_value(Tool::function(
-            "add".into(),
-            "Add".into(),
-            RawValue::from_string("{}".into()).unwrap(),
-        ))
+        let tool = serde_json::to_value(
+            Tool::from_plugin("add".into(), "Add".into(), "{}".into()).unwrap(),
+        )
         .unwrap();
         assert_eq!(
             tool,

@@ -15,7 +15,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
-use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -166,27 +165,21 @@ async fn admit_and_start(app: &Arc<App>, mut request: RolloutRequest, key: Strin
             };
         }
     };
-    let mut tools = Vec::with_capacity(wit_tools.len());
-    for t in wit_tools {
-        // Checked to be a JSON object, and passed on as the plugin wrote it.
-        match RawValue::from_string(t.parameters) {
-            Ok(parameters) if parameters.get().starts_with('{') => {
-                tools.push(Tool::function(t.name, t.description, parameters))
-            }
-            _ => {
-                release();
-                let message = format!(
-                    "plugin returned tool '{}' whose parameters are not a JSON object",
-                    t.name
-                );
-                tracing::error!(rollout_id = %request.rollout_id, error = %message, "init failed");
-                return InitOutcome::Failed {
-                    status: 500,
-                    body: error_body(&message),
-                };
-            }
+    let tools = match wit_tools
+        .into_iter()
+        .map(|t| Tool::from_plugin(t.name, t.description, t.parameters))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(tools) => tools,
+        Err(message) => {
+            release();
+            tracing::error!(rollout_id = %request.rollout_id, error = %message, "init failed");
+            return InitOutcome::Failed {
+                status: 500,
+                body: error_body(&message),
+            };
         }
-    }
+    };
     let response = InitResponse {
         rollout_id: request.rollout_id.clone(),
         tools,

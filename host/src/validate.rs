@@ -1,0 +1,94 @@
+//! `--validate`: loads the plugin as the server would, asks it for its tools
+//! on a sample request and checks them, without serving (what the
+//! reference's `osmosis validate` does for a Python agent).
+
+use crate::protocol::Tool;
+use crate::runtime::AllocatorChoice;
+use crate::runtime::{Limits, LoadError, RolloutHost, Runtime, RuntimeConfig, WitRolloutRequest};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Why a plugin did not validate.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{path}: {reason}")]
+    Tools { path: String, reason: String },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// What a valid plugin offers.
+#[derive(Debug)]
+pub struct Report {
+    pub agent: String,
+    pub tools: Vec<Tool>,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "agent \"{}\" with ", self.agent)?;
+        if self.tools.is_empty() {
+            return f.write_str("no tools");
+        }
+        let names: Vec<&str> = self
+            .tools
+            .iter()
+            .map(|t| t.function.name.as_str())
+            .collect();
+        write!(f, "{} tool(s): {}", names.len(), names.join(", "))
+    }
+}
+
+/// The request `get-tools` is asked with: one user message, no parameters,
+/// no metadata.
+fn sample_request() -> WitRolloutRequest {
+    WitRolloutRequest {
+        rollout_id: "validate".into(),
+        messages: r#"[{"role":"user","content":"validate"}]"#.into(),
+        completion_params: "{}".into(),
+        tool_server_url: None,
+        max_turns: 10,
+        max_tokens_total: 8192,
+        metadata: "{}".into(),
+    }
+}
+
+/// Loads `plugin` under `limits` and checks its tools.
+pub fn validate(
+    plugin: &Path,
+    limits: Limits,
+    allocator: AllocatorChoice,
+) -> Result<Report, ValidateError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ValidateError::Runtime)?;
+    rt.block_on(async {
+        let runtime = Arc::new(Runtime::new(RuntimeConfig {
+            limits,
+            instance_slots: 2,
+            allocator,
+        })?);
+        let loaded = runtime.load(plugin).await?;
+        let path = plugin.display().to_string();
+        let tools_error = |reason| ValidateError::Tools {
+            path: path.clone(),
+            reason,
+        };
+        let (_, wit_tools) = loaded
+            .start(RolloutHost::detached("validate"), &sample_request())
+            .await
+            .map_err(tools_error)?;
+        let tools = wit_tools
+            .into_iter()
+            .map(|t| Tool::from_plugin(t.name, t.description, t.parameters))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(tools_error)?;
+        Ok(Report {
+            agent: loaded.name().to_owned(),
+            tools,
+        })
+    })
+}
