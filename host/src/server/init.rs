@@ -154,23 +154,19 @@ async fn admit_and_start(app: &Arc<App>, mut request: RolloutRequest, key: Strin
         HostCallLimits::new(&app.limits, request.max_turns),
     );
     let plugin = app.plugin.current();
-    let (instance, wit_tools) = match plugin.start(host, &wit_request).await {
+    // The plugin's tools, each schema checked to be a JSON object.
+    let started = plugin
+        .start(host, &wit_request)
+        .await
+        .and_then(|(instance, wit_tools)| {
+            let tools = wit_tools
+                .into_iter()
+                .map(|t| Tool::from_plugin(t.name, t.description, t.parameters))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((instance, tools))
+        });
+    let (instance, tools) = match started {
         Ok(started) => started,
-        Err(message) => {
-            release();
-            tracing::error!(rollout_id = %request.rollout_id, error = %message, "init failed");
-            return InitOutcome::Failed {
-                status: 500,
-                body: error_body(&message),
-            };
-        }
-    };
-    let tools = match wit_tools
-        .into_iter()
-        .map(|t| Tool::from_plugin(t.name, t.description, t.parameters))
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(tools) => tools,
         Err(message) => {
             release();
             tracing::error!(rollout_id = %request.rollout_id, error = %message, "init failed");
