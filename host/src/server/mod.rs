@@ -144,6 +144,9 @@ fn lower_thread_priority() {
 /// Loads the plugin, binds, serves until SIGINT/SIGTERM, then drains;
 /// plugins execute on `guests`.
 pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result<(), ServerError> {
+    // From here on a SIGHUP reloads the plugin (once the server is up)
+    // instead of ending the process.
+    let hangups = swap::hangups();
     let capacity = config.max_concurrent.saturating_add(config.max_queued);
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         limits: config.limits.clone(),
@@ -191,7 +194,6 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         guests,
     });
 
-    let hangups = swap::hangups();
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|source| ServerError::Bind {
