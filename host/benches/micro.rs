@@ -8,11 +8,11 @@
 //!
 //! `cargo bench --bench micro`
 
+use rollout_host::protocol::History;
 use rollout_host::runtime::{
     AllocatorChoice, Limits, RolloutHost, Runtime, RuntimeConfig, WitRolloutRequest,
 };
 use rollout_host::trainer::{chat_body, chat_fields, parse_chat_completion};
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -114,26 +114,35 @@ fn main() {
             .unwrap()
             .clone();
         let fields = chat_fields(&params, "bench");
-        // What a chat call does with the guest's history: split it into each
-        // message's JSON text, compare with the previous call's, and write
-        // the texts into the trainer request.
-        let split = time(20_000, || async {
-            black_box(serde_json::from_str::<Vec<&RawValue>>(black_box(&text)).unwrap());
+        // What a chat call does with the guest's history. The previous call
+        // sent 48 messages and got the 49th as its reply; this one sends all
+        // 50: the known part is one byte compare, the rest is split, and the
+        // text goes into the trainer request as is.
+        let previous_text = serde_json::to_string(&messages[..48]).unwrap();
+        let reply = serde_json::value::to_raw_value(&messages[48]).unwrap();
+        let mut history = History::default();
+        history.extend(&previous_text, 48, reply.clone());
+        assert_eq!(history.check_next(&text), Ok(50));
+        let check = time(20_000, || async {
+            black_box(history.check_next(black_box(&text)).unwrap());
         })
         .await;
-        let raw: Vec<&RawValue> = serde_json::from_str(&text).unwrap();
-        let previous: Vec<Box<RawValue>> = raw[..49].iter().map(|m| (*m).to_owned()).collect();
-        let compare = time(20_000, || async {
-            black_box(
-                black_box(&previous)
-                    .iter()
-                    .zip(black_box(&raw))
-                    .all(|(a, b)| a.get() == b.get()),
-            );
+        let keep = time(20_000, || async {
+            let mut h = History::default();
+            h.extend(black_box(&text), 50, reply.clone());
+            black_box(h);
         })
         .await;
         let body = time(20_000, || async {
-            black_box(chat_body(black_box(&raw), &fields).unwrap());
+            black_box(chat_body(black_box(&text), &fields));
+        })
+        .await;
+        // A guest whose encoder writes the known messages differently from
+        // last time: every message is split and compared as values.
+        let spaced = serde_json::to_string_pretty(&messages).unwrap();
+        assert_eq!(history.check_next(&spaced), Ok(50));
+        let check_spaced = time(2_000, || async {
+            black_box(history.check_next(black_box(&spaced)).unwrap());
         })
         .await;
         // The same work done by decoding the history into values.
@@ -146,7 +155,8 @@ fn main() {
         })
         .await;
         let body_values = time(20_000, || async {
-            black_box(chat_body(black_box(&messages), &fields).unwrap());
+            let text = serde_json::to_string(black_box(&messages)).unwrap();
+            black_box(chat_body(&text, &fields));
         })
         .await;
         println!(
@@ -154,33 +164,40 @@ fn main() {
             text.len()
         );
         println!(
-            "    split into messages' JSON text            {}",
-            us(split)
+            "    append-only check (49 known, split the rest) {}",
+            us(check)
         );
         println!(
-            "    append-only check (49 messages)           {}",
-            us(compare)
+            "    keep it for the next call                    {}",
+            us(keep)
         );
-        println!("    write the chat request body               {}", us(body));
         println!(
-            "    total                                     {}",
-            us(split + compare + body)
+            "    write the chat request body                  {}",
+            us(body)
+        );
+        println!(
+            "    total                                        {}",
+            us(check + keep + body)
+        );
+        println!(
+            "    check when the guest wrote it differently    {}",
+            us(check_spaced)
         );
         println!("  the same through JSON values (decode, compare, re-encode):");
         println!(
-            "    decode                                    {}",
+            "    decode                                       {}",
             us(parse)
         );
         println!(
-            "    append-only check                         {}",
+            "    append-only check                            {}",
             us(compare_values)
         );
         println!(
-            "    encode                                    {}",
+            "    encode                                       {}",
             us(body_values)
         );
         println!(
-            "    total                                     {}",
+            "    total                                        {}",
             us(parse + compare_values + body_values)
         );
 

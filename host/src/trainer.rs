@@ -315,19 +315,18 @@ pub fn chat_fields(params: &Map<String, Value>, rollout_id: &str) -> String {
     json_text(&fields)
 }
 
-/// A chat request body: `messages` (values, or the guest's JSON text of each
-/// message, written as is) followed by the encoded `fields` of
-/// [`chat_fields`].
-pub fn chat_body<M: serde::Serialize>(messages: &[M], fields: &str) -> serde_json::Result<Vec<u8>> {
+/// A chat request body: `messages`, a checked JSON array's text written as
+/// is, followed by the encoded `fields` of [`chat_fields`].
+pub fn chat_body(messages: &str, fields: &str) -> Vec<u8> {
     let members = fields.strip_prefix('{').unwrap_or("}");
-    let mut body = Vec::with_capacity(fields.len() + 64 * (messages.len() + 1));
+    let mut body = Vec::with_capacity(messages.len() + fields.len() + 16);
     body.extend_from_slice(br#"{"messages":"#);
-    serde_json::to_writer(&mut body, messages)?;
+    body.extend_from_slice(messages.as_bytes());
     if members != "}" {
         body.push(b',');
     }
     body.extend_from_slice(members.as_bytes());
-    Ok(body)
+    body
 }
 
 /// The fields of a chat completion the host reads; the rest is skipped
@@ -446,9 +445,9 @@ mod tests {
             .unwrap()
             .clone();
         let messages = [json!({"role": "user", "content": "hi"})];
+        let text = serde_json::to_string(&messages).unwrap();
         let body: Value =
-            serde_json::from_slice(&chat_body(&messages, &chat_fields(&params, "r-1")).unwrap())
-                .unwrap();
+            serde_json::from_slice(&chat_body(&text, &chat_fields(&params, "r-1"))).unwrap();
         assert_eq!(body["messages"], json!(messages));
         assert_eq!(body["temperature"], json!(0.2));
         assert_eq!(body["top_p"], json!(1.0));
@@ -458,10 +457,8 @@ mod tests {
         assert_eq!(body["logprobs"], json!(true));
         assert_eq!(body["rollout_id"], json!("r-1"));
         assert_eq!(body["model"], json!("default"));
-        let no_stop: Value = serde_json::from_slice(
-            &chat_body::<Value>(&[], &chat_fields(&Map::new(), "r")).unwrap(),
-        )
-        .unwrap();
+        let no_stop: Value =
+            serde_json::from_slice(&chat_body("[]", &chat_fields(&Map::new(), "r"))).unwrap();
         assert_eq!(no_stop["messages"], json!([]));
         assert!(no_stop.get("stop").is_none());
     }

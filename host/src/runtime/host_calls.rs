@@ -86,8 +86,11 @@ impl RolloutHost {
             return Err(invalid("chat is not available outside a rollout"));
         };
         // The history crosses as JSON text and goes on to the trainer as
-        // that text: split and checked, never decoded and re-encoded.
-        let messages = split_messages(&request.messages, "messages").map_err(invalid)?;
+        // that text: checked, never decoded and re-encoded.
+        let count = self
+            .history
+            .check_next(&request.messages)
+            .map_err(invalid)?;
         let own_fields;
         let fields = match &request.params {
             Some(text) => {
@@ -97,10 +100,7 @@ impl RolloutHost {
             }
             None => &self.chat_fields,
         };
-        self.check_append_only(&messages)?;
-
-        let body = chat_body(&messages, fields)
-            .map_err(|e| invalid(format!("cannot encode the chat request: {e}")))?;
+        let body = chat_body(&request.messages, fields);
         let started = Instant::now();
         let result = trainer
             .client
@@ -121,13 +121,9 @@ impl RolloutHost {
         m.prompt_tokens += completion.prompt_tokens;
         m.response_tokens += completion.completion_tokens;
         m.max_context_tokens = m.max_context_tokens.max(completion.total_tokens);
-        // The history so far was checked to be a prefix: keep it, add the
-        // rest and the reply, as the guest receives it.
-        let known = self.history.len();
-        self.history
-            .extend(messages[known..].iter().map(|m| (*m).to_owned()));
         let message = completion.message.get().to_owned();
-        self.history.push(completion.message);
+        self.history
+            .extend(&request.messages, count, completion.message);
         Ok(ChatResponse {
             message,
             finish_reason: completion.finish_reason,
@@ -140,29 +136,6 @@ impl RolloutHost {
             prompt_token_ids: completion.prompt_token_ids,
             logprobs: completion.logprobs,
         })
-    }
-
-    /// Each call's messages must start with the previous call's messages and
-    /// its reply: the trainer lines up token ids on that.
-    fn check_append_only(&self, messages: &[&RawValue]) -> Result<(), ChatError> {
-        let prev = &self.history;
-        if messages.len() < prev.len() {
-            return Err(invalid(format!(
-                "history is not append-only: {} messages, but the previous call's history plus its reply had {}",
-                messages.len(),
-                prev.len()
-            )));
-        }
-        if let Some(i) = prev
-            .iter()
-            .zip(messages)
-            .position(|(a, b)| !same_message(a, b))
-        {
-            return Err(invalid(format!(
-                "history is not append-only: message {i} differs from the one the previous call sent or received"
-            )));
-        }
-        Ok(())
     }
 
     fn log_event(&mut self, event: &str, data: &str) {

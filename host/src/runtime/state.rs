@@ -4,7 +4,7 @@
 use super::guest_io::{GuestOutput, Stream};
 use super::limits::{CpuMeter, GuestLimiter, LimitExceeded, Limits};
 use crate::debug_log::RolloutLog;
-use crate::protocol::{Message, Metrics, RolloutStatus};
+use crate::protocol::{History, Message, Metrics, RolloutStatus};
 use crate::trainer::{Endpoints, TrainerClient, chat_fields};
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex};
@@ -44,10 +44,9 @@ pub struct RolloutHost {
     /// The chat request's fields for the init's `completion_params`,
     /// encoded once ([`chat_fields`]).
     pub chat_fields: String,
-    /// The last chat call's messages plus its reply, each as the JSON text
-    /// that crossed the boundary: the next call must start with exactly
-    /// these (append-only history).
-    pub history: Vec<Message>,
+    /// The last chat call's messages plus its reply, as the JSON text that
+    /// crossed the boundary: the next call must start with them.
+    pub history: History,
     /// LLM-side metrics measured by the host.
     pub metrics: Metrics,
     pub completion: Option<Completion>,
@@ -91,7 +90,7 @@ impl RolloutHost {
         Self {
             rollout_id: rollout_id.into(),
             trainer: Some(trainer),
-            history: Vec::new(),
+            history: History::default(),
             chat_fields: chat_fields(&completion_params, rollout_id),
             request_messages,
             metrics: Metrics::default(),
@@ -110,7 +109,7 @@ impl RolloutHost {
             trainer: None,
             request_messages: Vec::new(),
             chat_fields: String::new(),
-            history: Vec::new(),
+            history: History::default(),
             metrics: Metrics::default(),
             completion: None,
             debug_log: None,
@@ -123,10 +122,9 @@ impl RolloutHost {
     /// The history so far: the last chat call's messages and its reply,
     /// or the request's messages before any chat (for an ERROR callback).
     pub fn history_so_far(&mut self) -> Vec<Message> {
-        if self.history.is_empty() {
-            std::mem::take(&mut self.request_messages)
-        } else {
-            std::mem::take(&mut self.history)
+        match self.history.messages() {
+            none_yet if none_yet.is_empty() => std::mem::take(&mut self.request_messages),
+            messages => messages,
         }
     }
 
