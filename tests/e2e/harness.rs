@@ -453,6 +453,13 @@ pub fn calculator_script(
     }
 }
 
+/// An init body that runs the misbehave plugin's `mode`.
+pub fn misbehave_body(id: &str, trainer: &Trainer, mode: &str) -> Value {
+    let mut body = init_body(id, trainer);
+    body["metadata"] = json!({"mode": mode});
+    body
+}
+
 /// A valid init body for `rollout_id` against `trainer`.
 pub fn init_body(rollout_id: &str, trainer: &Trainer) -> Value {
     json!({

@@ -5,12 +5,6 @@ use serde_json::{Value, json};
 use std::process::Command;
 use std::time::Duration;
 
-fn misbehave_body(id: &str, trainer: &Trainer, mode: &str) -> Value {
-    let mut body = init_body(id, trainer);
-    body["metadata"] = json!({"mode": mode});
-    body
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn trap_and_missing_complete_each_get_one_error_callback() {
     let trainer = Trainer::calculator("add", 1.0, 1.0, "2").await;

@@ -44,10 +44,15 @@ async fn wait_for_log(server: &Server, text: &str) {
     }
 }
 
-fn echo_body(id: &str, trainer: &Trainer) -> Value {
-    let mut body = init_body(id, trainer);
-    body["metadata"] = json!({"mode": "echo"});
-    body
+/// After a plugin file that does not load: the failure is logged, the
+/// running misbehave plugin stays, and a rollout `id` still completes on it.
+async fn keeps_serving_after_a_failed_swap(server: &Server, trainer: &Trainer, id: &str) {
+    wait_for_log(server, "plugin not swapped").await;
+    assert!(server.log().contains("is not a WebAssembly component"));
+    assert_eq!(agent(server).await, "misbehave");
+    let (status, answer) = server.init(&misbehave_body(id, trainer, "echo")).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(trainer.single_completion(id).await["status"], "COMPLETED");
 }
 
 fn hang_up(server: &Server) {
@@ -91,7 +96,9 @@ async fn a_changed_plugin_file_is_swapped_in_without_dropping_rollouts() {
     );
 
     // New rollouts run the new plugin (misbehave's echo reports its chat).
-    let (status, answer) = server.init(&echo_body("new-1", &trainer)).await;
+    let (status, answer) = server
+        .init(&misbehave_body("new-1", &trainer, "echo"))
+        .await;
     assert_eq!(status, 202, "{answer}");
     let done = trainer.single_completion("new-1").await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
@@ -108,15 +115,7 @@ async fn a_changed_plugin_file_is_swapped_in_without_dropping_rollouts() {
     let bad = dir.path().join("bad.wasm");
     std::fs::write(&bad, b"\0asm but not a component").unwrap();
     deploy(&bad, &path);
-    wait_for_log(&server, "plugin not swapped").await;
-    assert!(server.log().contains("is not a WebAssembly component"));
-    assert_eq!(agent(&server).await, "misbehave");
-    let (status, answer) = server.init(&echo_body("new-2", &trainer)).await;
-    assert_eq!(status, 202, "{answer}");
-    assert_eq!(
-        trainer.single_completion("new-2").await["status"],
-        "COMPLETED"
-    );
+    keeps_serving_after_a_failed_swap(&server, &trainer, "new-2").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -137,14 +136,7 @@ async fn sighup_reloads_the_plugin_file() {
     // A failed reload keeps the running plugin, and the server serving.
     std::fs::write(&path, b"not wasm at all").unwrap();
     hang_up(&server);
-    wait_for_log(&server, "plugin not swapped").await;
-    assert_eq!(agent(&server).await, "misbehave");
-    let (status, answer) = server.init(&echo_body("after", &trainer)).await;
-    assert_eq!(status, 202, "{answer}");
-    assert_eq!(
-        trainer.single_completion("after").await["status"],
-        "COMPLETED"
-    );
+    keeps_serving_after_a_failed_swap(&server, &trainer, "after").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
