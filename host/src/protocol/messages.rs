@@ -73,13 +73,7 @@ impl History {
                 known.len() + 1
             ));
         }
-        match known
-            .iter()
-            .copied()
-            .chain(std::iter::once(&**reply))
-            .zip(&messages)
-            .position(|(a, b)| !same_message(a, b))
-        {
+        match first_difference(known.iter().copied().chain([&**reply]), &messages) {
             Some(i) => Err(format!(
                 "history is not append-only: message {i} differs from the one the previous call sent or received"
             )),
@@ -132,6 +126,18 @@ impl History {
         messages.push(reply.clone());
         messages
     }
+}
+
+/// The index of the first of `messages` that is not the same message as
+/// the one at its place in `expected` (compared as far as both go).
+pub fn first_difference<'a>(
+    expected: impl IntoIterator<Item = &'a RawValue>,
+    messages: &[&RawValue],
+) -> Option<usize> {
+    expected
+        .into_iter()
+        .zip(messages)
+        .position(|(a, b)| !same_message(a, b))
 }
 
 /// Each message's JSON text, encoded once (the host's own messages, e.g.

@@ -7,7 +7,7 @@ mod request;
 mod response;
 mod validation;
 
-pub use messages::{History, Message, message_texts, same_message, split_messages};
+pub use messages::{History, Message, first_difference, message_texts, split_messages};
 pub use request::{RolloutRequest, parse_init_request};
 pub use response::{InitResponse, Metrics, RolloutResponse, RolloutStatus, Tool};
 pub use validation::{ValidationError, ValidationErrors};

@@ -7,7 +7,7 @@ use super::bindings::osmosis::rollout::types::{
 };
 use super::limits::LimitExceeded;
 use super::state::{Completion, RolloutHost, StoreState};
-use crate::protocol::{RolloutStatus, same_message, split_messages};
+use crate::protocol::{RolloutStatus, first_difference, split_messages};
 use crate::trainer::{TrainerError, chat_body, chat_fields};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -168,11 +168,8 @@ impl RolloutHost {
             wit::RolloutStatus::Error => RolloutStatus::Error,
         };
         let starts_with_request = final_messages.len() >= self.request_messages.len()
-            && self
-                .request_messages
-                .iter()
-                .zip(&final_messages)
-                .all(|(a, b)| same_message(a, b));
+            && first_difference(self.request_messages.iter().map(|m| &**m), &final_messages)
+                .is_none();
         if status == RolloutStatus::Completed && !starts_with_request {
             return Err(CompleteError::Invalid(
                 "final-messages must start with the request's messages".into(),
