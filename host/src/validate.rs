@@ -3,8 +3,9 @@
 //! reference's `osmosis validate` does for a Python agent).
 
 use crate::protocol::Tool;
-use crate::runtime::AllocatorChoice;
-use crate::runtime::{Limits, LoadError, RolloutHost, Runtime, RuntimeConfig, WitRolloutRequest};
+use crate::runtime::{
+    AllocatorChoice, Limits, LoadError, RolloutHost, Runtime, RuntimeConfig, WitRolloutRequest,
+};
 use std::path::Path;
 use std::sync::Arc;
 
