@@ -69,12 +69,19 @@ fn main() {
             metadata: json!({"ground_truth": "5"}).to_string(),
         };
         println!("rollout-host micro benchmarks (calc.wasm)");
-        for allocator in [AllocatorChoice::Pooling, AllocatorChoice::OnDemand] {
+        // Pooling giving every page back (the default), pooling keeping 2
+        // MiB per slot resident, on-demand.
+        for (allocator, keep_kib) in [
+            (AllocatorChoice::Pooling, 0),
+            (AllocatorChoice::Pooling, 2048),
+            (AllocatorChoice::OnDemand, 0),
+        ] {
             let runtime = Arc::new(
                 Runtime::new(RuntimeConfig {
                     limits: Limits::default(),
                     instance_slots: 1000,
                     allocator,
+                    keep_resident_bytes: keep_kib << 10,
                 })
                 .expect("engine"),
             );
@@ -97,12 +104,13 @@ fn main() {
                 );
             })
             .await;
+            let config = format!("{allocator:?}, keep {keep_kib} KiB");
             println!(
-                "  instantiate from pre-instance ({allocator:?})      {}",
+                "  instantiate from pre-instance ({config:<24}) {}",
                 us(instantiate)
             );
             println!(
-                "  instantiate + get-tools ({allocator:?})            {}",
+                "  instantiate + get-tools ({config:<24})       {}",
                 us(start)
             );
         }

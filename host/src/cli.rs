@@ -56,7 +56,9 @@ pub struct Cli {
     )]
     pub api_key: Option<String>,
 
-    /// Rollouts whose agent runs at once; more wait for a slot.
+    /// Rollouts whose agent runs at once; more wait for a slot. Running plus
+    /// queued rollouts are capped by what this machine can hold (see
+    /// /health's `capacity`); a larger value is lowered to it at start.
     #[arg(long, env = "ROLLOUT_MAX_CONCURRENT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent: u32,
 
@@ -67,6 +69,16 @@ pub struct Cli {
     /// Seconds a finished rollout's init answer is kept for duplicate inits.
     #[arg(long, env = "ROLLOUT_RECORD_TTL", default_value = "3600", value_name = "SECS", value_parser = seconds)]
     pub record_ttl: Duration,
+
+    /// Most finished rollouts' records kept for duplicate inits (about 150
+    /// bytes each); past it the oldest go first. A duplicate whose record
+    /// has gone starts a new rollout, as after the TTL.
+    #[arg(long, env = "ROLLOUT_MAX_RECORDS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_records: u64,
+
+    /// Seconds an idle connection to the trainer stays open for reuse.
+    #[arg(long, env = "ROLLOUT_TRAINER_IDLE_TIMEOUT", default_value = "30", value_name = "SECS", value_parser = seconds)]
+    pub trainer_idle_timeout: Duration,
 
     /// Per-attempt timeout of a chat call to the trainer, in seconds.
     #[arg(long, env = "ROLLOUT_CHAT_TIMEOUT", default_value = "300", value_name = "SECS", value_parser = seconds)]
@@ -92,8 +104,9 @@ pub struct Cli {
     #[arg(long, env = "ROLLOUT_MAX_MEMORY_MIB", default_value_t = 256, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_memory_mib: u32,
 
-    /// CPU budget of one rollout: seconds the plugin may spend executing
-    /// (time waiting for the trainer's LLM does not count).
+    /// CPU budget of one rollout: seconds of CPU time the plugin may use
+    /// (measured per thread: waiting for the trainer's LLM, or for a core
+    /// other processes hold, does not count).
     #[arg(long, env = "ROLLOUT_CPU_BUDGET", default_value = "30", value_name = "SECS", value_parser = seconds)]
     pub cpu_budget: Duration,
 
@@ -118,6 +131,17 @@ pub struct Cli {
         value_name = "KIB"
     )]
     pub max_log_event_kib: u32,
+
+    /// Plugin stdout + stderr logged per rollout, in KiB (each line counted
+    /// with the log's own overhead); the rest is dropped and counted in one
+    /// "output truncated" line.
+    #[arg(
+        long,
+        env = "ROLLOUT_MAX_GUEST_OUTPUT_KIB",
+        default_value_t = 64,
+        value_name = "KIB"
+    )]
+    pub max_guest_output_kib: u32,
 
     /// Largest chat history (JSON) a plugin may send in one call, in MiB.
     #[arg(
@@ -146,6 +170,18 @@ pub struct Cli {
     /// front; auto probes for it and falls back to on-demand.
     #[arg(long, env = "ROLLOUT_INSTANCE_ALLOCATOR", value_enum, default_value_t = AllocatorChoice::Auto)]
     pub instance_allocator: AllocatorChoice,
+
+    /// Pages of a finished rollout's memory, stack and table the pooling
+    /// allocator keeps resident for the next one, in KiB per slot: faster
+    /// reuse, but memory reached in a burst is kept. 0 gives it all back.
+    #[arg(
+        long,
+        env = "ROLLOUT_POOL_KEEP_RESIDENT_KIB",
+        default_value_t = 0,
+        value_name = "KIB",
+        value_parser = clap::value_parser!(u32).range(0..=65536)
+    )]
+    pub pool_keep_resident_kib: u32,
 
     /// Log format on stderr (level filter: RUST_LOG, default info).
     #[arg(long, env = "ROLLOUT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -183,6 +219,8 @@ impl Cli {
             max_concurrent: self.max_concurrent as usize,
             max_queued: self.max_queued as usize,
             record_ttl: self.record_ttl,
+            max_records: usize::try_from(self.max_records).unwrap_or(usize::MAX),
+            trainer_idle_timeout: self.trainer_idle_timeout,
             retry: RetryPolicy {
                 chat_timeout: self.chat_timeout,
                 chat_retries: self.chat_retries,
@@ -200,11 +238,13 @@ impl Cli {
                 max_log_event_bytes: (self.max_log_event_kib as usize) << 10,
                 max_history_bytes: (self.max_history_mib as usize) << 20,
                 max_final_messages_bytes: (self.max_final_messages_mib as usize) << 20,
+                max_guest_output_bytes: (self.max_guest_output_kib as usize) << 10,
             },
             max_body_bytes: MAX_BODY_BYTES,
             metadata_limit: METADATA_LIMIT,
             shutdown_grace: self.shutdown_grace,
             allocator: self.instance_allocator,
+            keep_resident_bytes: (self.pool_keep_resident_kib as usize) << 10,
         }
     }
 }

@@ -1,10 +1,18 @@
 //! Idempotent init: the first request for a key computes the answer and
-//! starts the run; duplicates (concurrent, or within the TTL after the run
-//! ended) get the same answer byte for byte and start nothing. A failed init
-//! forgets its key so the trainer's retry can succeed.
+//! starts the run; duplicates (concurrent, or while the record is kept after
+//! the run ended) get the same answer byte for byte and start nothing. A
+//! failed init forgets its key so the trainer's retry can succeed.
+//!
+//! Records cost little and are bounded: an accepted rollout's record holds
+//! its key, its rollout id when the key differs, and the tool list shared
+//! with every rollout that got the same one (`Arc`); its answer is written
+//! again for a duplicate. Finished rollouts' records sit in a queue in the
+//! order they finished and leave it from the front: after the record TTL,
+//! or when more than `max_records` are kept (oldest first). A duplicate
+//! whose record has gone is a new rollout.
 
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -16,14 +24,59 @@ pub enum InitOutcome {
     Failed { status: u16, body: Bytes },
 }
 
+/// The 202 answer of an accepted init, kept in parts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitAnswer {
+    pub rollout_id: Arc<str>,
+    /// The JSON array of the plugin's tools, shared between rollouts.
+    pub tools: Arc<str>,
+}
+
+impl InitAnswer {
+    /// `{"rollout_id":...,"tools":[...]}`: the same bytes every time.
+    pub fn body(&self) -> Bytes {
+        let id = serde_json::Value::from(&*self.rollout_id).to_string();
+        let mut body = String::with_capacity(id.len() + self.tools.len() + 26);
+        body.push_str("{\"rollout_id\":");
+        body.push_str(&id);
+        body.push_str(",\"tools\":");
+        body.push_str(&self.tools);
+        body.push('}');
+        Bytes::from(body)
+    }
+}
+
 enum Entry {
     /// The first request is computing the answer.
     Pending(watch::Receiver<Option<InitOutcome>>),
-    /// Accepted; `finished` is set when the run ended (starts the TTL).
+    /// Accepted: the rollout is running, or has finished (then the key is
+    /// in the finished queue).
     Accepted {
-        body: Bytes,
-        finished: Option<Instant>,
+        /// The rollout id, when it is not the key itself.
+        rollout_id: Option<Arc<str>>,
+        tools: Arc<str>,
+        finished: bool,
     },
+}
+
+#[derive(Default)]
+struct Records {
+    entries: HashMap<Arc<str>, Entry>,
+    /// Keys of finished rollouts, in the order they finished.
+    finished: VecDeque<(Instant, Arc<str>)>,
+}
+
+impl Records {
+    /// Drops the oldest finished record.
+    fn drop_oldest(&mut self) -> bool {
+        let Some((_, key)) = self.finished.pop_front() else {
+            return false;
+        };
+        if let Some(Entry::Accepted { finished: true, .. }) = self.entries.get(&key) {
+            self.entries.remove(&key);
+        }
+        true
+    }
 }
 
 /// What a request got for its key.
@@ -36,52 +89,93 @@ pub enum Claim {
     Done(Bytes),
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct IdempotencyStore {
-    entries: Arc<Mutex<HashMap<String, Entry>>>,
+    records: Arc<Mutex<Records>>,
+    max_records: usize,
 }
 
 impl IdempotencyStore {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    /// A store keeping at most `max_records` finished rollouts' records.
+    pub fn new(max_records: usize) -> Self {
+        Self {
+            records: Arc::default(),
+            max_records,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn claim(&self, key: &str) -> Claim {
-        let mut entries = self.lock();
-        match entries.get(key) {
+        let mut records = self.lock();
+        match records.entries.get(key) {
             Some(Entry::Pending(rx)) => Claim::Wait(rx.clone()),
-            Some(Entry::Accepted { body, .. }) => Claim::Done(body.clone()),
+            Some(Entry::Accepted {
+                rollout_id, tools, ..
+            }) => {
+                let answer = InitAnswer {
+                    rollout_id: rollout_id.clone().unwrap_or_else(|| key.into()),
+                    tools: tools.clone(),
+                };
+                Claim::Done(answer.body())
+            }
             None => {
                 let (tx, rx) = watch::channel(None);
-                entries.insert(key.to_owned(), Entry::Pending(rx));
+                let key: Arc<str> = key.into();
+                records.entries.insert(key.clone(), Entry::Pending(rx));
                 Claim::New(Ticket {
                     store: self.clone(),
-                    key: key.to_owned(),
+                    key,
                     tx: Some(tx),
                 })
             }
         }
     }
 
-    /// The rollout of `key` has ended: its record expires after the TTL.
+    /// The rollout of `key` has ended: its record is kept for the TTL, or
+    /// until `max_records` newer ones are.
     pub fn finish(&self, key: &str) {
-        if let Some(Entry::Accepted { finished, .. }) = self.lock().get_mut(key) {
-            *finished = Some(Instant::now());
+        let mut records = self.lock();
+        let key = match records.entries.get_key_value(key) {
+            Some((
+                key,
+                Entry::Accepted {
+                    finished: false, ..
+                },
+            )) => key.clone(),
+            _ => return,
+        };
+        if let Some(Entry::Accepted { finished, .. }) = records.entries.get_mut(&key) {
+            *finished = true;
         }
+        records.finished.push_back((Instant::now(), key));
+        while records.finished.len() > self.max_records && records.drop_oldest() {}
     }
 
-    /// Drops records whose rollout ended more than `ttl` ago.
+    /// Drops records whose rollout ended `ttl` ago or more; returns how many.
     pub fn expire(&self, ttl: Duration) -> usize {
-        let mut entries = self.lock();
-        let before = entries.len();
-        entries.retain(
-            |_, e| !matches!(e, Entry::Accepted { finished: Some(t), .. } if t.elapsed() >= ttl),
-        );
-        before - entries.len()
+        let mut records = self.lock();
+        let mut dropped = 0;
+        while let Some((at, _)) = records.finished.front() {
+            if at.elapsed() < ttl {
+                break;
+            }
+            records.drop_oldest();
+            dropped += 1;
+        }
+        if dropped > 0 && records.entries.capacity() > 4 * records.entries.len().max(1024) {
+            // Give back the table of a burst long gone.
+            records.entries.shrink_to_fit();
+            records.finished.shrink_to_fit();
+        }
+        dropped
     }
 
+    /// Records held (running and finished rollouts, inits in progress).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -93,7 +187,7 @@ impl IdempotencyStore {
 /// init task died), the key is forgotten and waiters get an error.
 pub struct Ticket {
     store: IdempotencyStore,
-    key: String,
+    key: Arc<str>,
     tx: Option<watch::Sender<Option<InitOutcome>>>,
 }
 
@@ -102,28 +196,34 @@ impl Ticket {
         &self.key
     }
 
-    pub fn resolve(mut self, outcome: InitOutcome) {
-        self.settle(outcome);
+    /// Accepted: the rollout runs, and duplicates get `answer`.
+    pub fn accept(mut self, answer: &InitAnswer) -> Bytes {
+        let body = answer.body();
+        let rollout_id = (answer.rollout_id != self.key).then(|| answer.rollout_id.clone());
+        self.settle(
+            InitOutcome::Accepted(body.clone()),
+            Some(Entry::Accepted {
+                rollout_id,
+                tools: answer.tools.clone(),
+                finished: false,
+            }),
+        );
+        body
     }
 
-    fn settle(&mut self, outcome: InitOutcome) {
+    /// Refused: the key is forgotten, waiters get the same refusal.
+    pub fn fail(mut self, status: u16, body: Bytes) {
+        self.settle(InitOutcome::Failed { status, body }, None);
+    }
+
+    fn settle(&mut self, outcome: InitOutcome, record: Option<Entry>) {
         let Some(tx) = self.tx.take() else { return };
         {
-            let mut entries = self.store.lock();
-            match &outcome {
-                InitOutcome::Accepted(body) => {
-                    entries.insert(
-                        self.key.clone(),
-                        Entry::Accepted {
-                            body: body.clone(),
-                            finished: None,
-                        },
-                    );
-                }
-                InitOutcome::Failed { .. } => {
-                    entries.remove(&self.key);
-                }
-            }
+            let mut records = self.store.lock();
+            match record {
+                Some(entry) => records.entries.insert(self.key.clone(), entry),
+                None => records.entries.remove(&self.key),
+            };
         }
         let _ = tx.send(Some(outcome));
     }
@@ -131,10 +231,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.settle(InitOutcome::Failed {
-            status: 500,
-            body: Bytes::from_static(br#"{"detail":"init was interrupted; retry"}"#),
-        });
+        self.settle(interrupted(), None);
     }
 }
 
@@ -157,26 +254,40 @@ fn interrupted() -> InitOutcome {
 mod tests {
     use super::*;
 
+    fn answer(id: &str) -> InitAnswer {
+        InitAnswer {
+            rollout_id: id.into(),
+            tools: "[]".into(),
+        }
+    }
+
+    fn accept(store: &IdempotencyStore, key: &str) -> Bytes {
+        let Claim::New(ticket) = store.claim(key) else {
+            panic!("{key}: first claim must be new")
+        };
+        ticket.accept(&answer(key))
+    }
+
     #[tokio::test]
     async fn duplicates_share_the_first_answer() {
-        let store = IdempotencyStore::default();
+        let store = IdempotencyStore::new(10);
         let Claim::New(ticket) = store.claim("k") else {
             panic!("first claim must be new")
         };
         let Claim::Wait(rx) = store.claim("k") else {
             panic!("second claim must wait")
         };
-        ticket.resolve(InitOutcome::Accepted(Bytes::from_static(b"A")));
-        assert_eq!(
-            wait(rx).await,
-            InitOutcome::Accepted(Bytes::from_static(b"A"))
-        );
-        assert!(matches!(store.claim("k"), Claim::Done(b) if b == "A"));
+        let first = ticket.accept(&answer("r-1"));
+        assert_eq!(&first[..], br#"{"rollout_id":"r-1","tools":[]}"#);
+        assert_eq!(wait(rx).await, InitOutcome::Accepted(first.clone()));
+        assert!(matches!(store.claim("k"), Claim::Done(b) if b == first));
+        store.finish("k");
+        assert!(matches!(store.claim("k"), Claim::Done(b) if b == first));
     }
 
     #[tokio::test]
     async fn failure_forgets_the_key() {
-        let store = IdempotencyStore::default();
+        let store = IdempotencyStore::new(10);
         let Claim::New(ticket) = store.claim("k") else {
             panic!()
         };
@@ -185,16 +296,32 @@ mod tests {
     }
 
     #[test]
-    fn records_expire_only_after_the_run_ended() {
-        let store = IdempotencyStore::default();
-        let Claim::New(ticket) = store.claim("k") else {
-            panic!()
-        };
-        ticket.resolve(InitOutcome::Accepted(Bytes::from_static(b"A")));
+    fn records_expire_only_after_the_run_ended_in_finish_order() {
+        let store = IdempotencyStore::new(10);
+        accept(&store, "a");
+        accept(&store, "b");
         assert_eq!(store.expire(Duration::ZERO), 0, "running rollouts are kept");
-        store.finish("k");
+        store.finish("b");
+        store.finish("a");
+        store.finish("a");
         assert_eq!(store.expire(Duration::from_secs(3600)), 0);
-        assert_eq!(store.expire(Duration::ZERO), 1);
+        assert_eq!(store.expire(Duration::ZERO), 2);
         assert!(store.is_empty());
+        assert!(matches!(store.claim("a"), Claim::New(_)));
+    }
+
+    #[test]
+    fn the_oldest_finished_records_go_past_the_cap() {
+        let store = IdempotencyStore::new(2);
+        for key in ["a", "b", "c", "running"] {
+            accept(&store, key);
+        }
+        for key in ["a", "b", "c"] {
+            store.finish(key);
+        }
+        assert_eq!(store.len(), 3, "a was dropped; running rollouts never are");
+        assert!(matches!(store.claim("a"), Claim::New(_)));
+        assert!(matches!(store.claim("b"), Claim::Done(_)));
+        assert!(matches!(store.claim("running"), Claim::Done(_)));
     }
 }

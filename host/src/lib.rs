@@ -9,11 +9,13 @@
 //! - [`trainer`]: calls to the trainer (chat, completion callback, retries);
 //! - [`runtime`]: wasmtime engine, plugin loading, host functions;
 //! - [`debug_log`]: the per-rollout `.jsonl` debug log;
+//! - [`fault`]: contained panics (and a debug-build hook that injects them);
 //! - [`validate`]: `--validate`, checking a plugin without serving;
 //! - [`cli`]: command-line flags.
 
 pub mod cli;
 pub mod debug_log;
+pub mod fault;
 pub mod idempotency;
 pub mod protocol;
 pub mod rollout;

@@ -1,51 +1,115 @@
 //! One accepted rollout, from its slot to its single terminal callback.
 //!
-//! Whatever the agent does (completes, errors, traps, returns without
-//! completing) or the server does (shuts down), the trainer receives exactly
-//! one `POST /v1/rollout/completed`.
+//! Whatever the agent does (completes, errors, traps, trips a limit,
+//! returns without completing), the server does (shuts down) or the host
+//! itself does (panics), the trainer receives exactly one
+//! `POST /v1/rollout/completed`.
 
-use crate::protocol::{RolloutRequest, RolloutResponse, RolloutStatus};
-use crate::runtime::{Instance, Plugin, RolloutHost, WitRolloutRequest};
-use crate::server::App;
+use crate::fault;
+use crate::protocol::{RolloutRequest, RolloutResponse, RolloutStatus, split_messages};
+use crate::runtime::{Completion, GuestError, Instance, Plugin, RolloutHost, WitRolloutRequest};
+use crate::server::{Admission, App};
 use crate::trainer::Endpoints;
+use futures_util::FutureExt;
+use serde_json::value::RawValue;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tracing::Instrument;
 
-const SHUTDOWN_MESSAGE: &str = "rollout-host shut down before the rollout finished";
+/// How a rollout ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The agent called `complete` (with COMPLETED or its own ERROR); a
+    /// failure after that does not change it.
+    Completed(Completion),
+    /// The plugin failed: its own error, a trap, or a tripped limit.
+    Failed(GuestError),
+    /// `run` returned without calling `complete`.
+    NoComplete,
+    /// The server shut down and its grace period ran out.
+    Shutdown,
+    /// The host panicked while running the rollout.
+    Internal(String),
+}
 
-/// Runs the agent and sends the callback. `_plugin` keeps the plugin the
-/// rollout started with alive until it ends.
-pub async fn run(
-    app: Arc<App>,
-    key: String,
-    request: RolloutRequest,
-    endpoints: Arc<Endpoints>,
-    wit_request: WitRolloutRequest,
-    mut instance: Instance,
-    _plugin: Arc<Plugin>,
-) {
-    let span = tracing::info_span!("rollout", rollout_id = %request.rollout_id);
-    async move {
-        let deadline = app.limits.wall_clock;
-        let outcome = tokio::select! {
-            biased;
-            _ = app.shutdown.cancelled() => None,
-            ran = async {
-                let _slot = app.slots.acquire().await;
-                let started = Instant::now();
-                (tokio::time::timeout(deadline, instance.run(&wit_request)).await, started)
-            } => Some(ran),
-        };
-        let (outcome, started) = match outcome {
-            Some((Ok(outcome), started)) => (outcome, started),
-            Some((Err(_elapsed), started)) => {
-                (Err(instance.wall_clock_exceeded(deadline)), started)
+impl Outcome {
+    /// The ERROR callback's `error_message`, naming the plugin build.
+    fn error_message(&self, plugin: &str) -> Option<String> {
+        match self {
+            Outcome::Completed(_) => None,
+            Outcome::Failed(e) => Some(e.to_string()),
+            Outcome::NoComplete => {
+                Some(format!("plugin {plugin} returned without calling complete"))
             }
-            None => (Err(SHUTDOWN_MESSAGE.to_owned()), Instant::now()),
+            Outcome::Shutdown => Some(format!(
+                "plugin {plugin} was stopped: rollout-host shut down before the rollout finished"
+            )),
+            Outcome::Internal(panic) => Some(format!(
+                "plugin {plugin}: rollout-host failed internally while running the rollout ({panic})"
+            )),
+        }
+    }
+}
+
+/// What a rollout task needs.
+pub struct Accepted {
+    pub key: String,
+    pub request: RolloutRequest,
+    pub endpoints: Arc<Endpoints>,
+    pub wit_request: WitRolloutRequest,
+    pub instance: Instance,
+    /// Keeps the plugin the rollout started with alive until it ends.
+    pub plugin: Arc<Plugin>,
+    /// The rollout's place in the server, given back when this task ends
+    /// (a panic included).
+    pub admission: Admission,
+}
+
+/// Runs the agent and sends the callback.
+pub async fn run(app: Arc<App>, accepted: Accepted) {
+    let Accepted {
+        key,
+        request,
+        endpoints,
+        wit_request,
+        instance,
+        plugin,
+        admission,
+    } = accepted;
+    let span = tracing::info_span!(
+        "rollout",
+        rollout_id = %request.rollout_id,
+        plugin = %plugin.label()
+    );
+    async move {
+        let mut started = Instant::now();
+        let ran = AssertUnwindSafe(execute(
+            &app,
+            &request,
+            &wit_request,
+            instance,
+            &mut started,
+        ))
+        .catch_unwind()
+        .await;
+        let (outcome, host) = match ran {
+            Ok((outcome, host)) => (outcome, Some(host)),
+            Err(panic) => {
+                let text = fault::panic_text(&*panic);
+                tracing::error!(panic = %text, "rollout-host panicked while running the rollout");
+                (Outcome::Internal(text), None)
+            }
         };
-        let response = build_response(&request.rollout_id, instance.into_host(), outcome, started);
+        let response = build_response(
+            &request,
+            &wit_request,
+            plugin.label(),
+            host,
+            outcome,
+            started,
+        );
         match response.status {
             RolloutStatus::Completed => tracing::debug!(
                 finish_reason = %response.finish_reason,
@@ -66,32 +130,82 @@ pub async fn run(
         }
         app.idempotency.finish(&key);
         app.stats.completed.fetch_add(1, Ordering::Relaxed);
-        app.stats.active.fetch_sub(1, Ordering::AcqRel);
+        drop(admission);
     }
     .instrument(span)
     .await
 }
 
+/// Waits for a slot and runs the agent within the rollout's wall-clock
+/// deadline; `started` is set when the slot was acquired.
+async fn execute(
+    app: &App,
+    request: &RolloutRequest,
+    wit_request: &WitRolloutRequest,
+    mut instance: Instance,
+    started: &mut Instant,
+) -> (Outcome, RolloutHost) {
+    let deadline = app.limits.wall_clock;
+    let ran = tokio::select! {
+        biased;
+        _ = app.shutdown.cancelled() => None,
+        ran = async {
+            let _slot = app.slots.acquire().await;
+            *started = Instant::now();
+            fault::inject("rollout", &request.rollout_id);
+            tokio::time::timeout(deadline, instance.run(wit_request)).await
+        } => Some(ran),
+    };
+    let failure = match ran {
+        Some(Ok(Ok(()))) => None,
+        Some(Ok(Err(e))) => Some(Outcome::Failed(e)),
+        Some(Err(_elapsed)) => Some(Outcome::Failed(instance.wall_clock_exceeded(deadline))),
+        None => Some(Outcome::Shutdown),
+    };
+    let mut host = instance.into_host();
+    let outcome = match (host.completion.take(), failure) {
+        (Some(completion), failure) => {
+            if let Some(Outcome::Failed(e)) = failure {
+                tracing::warn!(error = %e, "plugin failed after complete; its completion stands");
+            }
+            Outcome::Completed(completion)
+        }
+        (None, Some(failure)) => failure,
+        (None, None) => Outcome::NoComplete,
+    };
+    (outcome, host)
+}
+
 /// The callback body: the agent's completion if it made one, else an
 /// ERROR saying what happened, with the history so far.
 fn build_response(
-    rollout_id: &str,
-    mut host: RolloutHost,
-    outcome: Result<(), String>,
+    request: &RolloutRequest,
+    wit_request: &WitRolloutRequest,
+    plugin: &str,
+    host: Option<RolloutHost>,
+    outcome: Outcome,
     started: Instant,
 ) -> RolloutResponse {
-    let mut metrics = std::mem::take(&mut host.metrics);
-    match host.completion {
-        Some(c) => {
-            if let Err(e) = &outcome {
-                tracing::warn!(error = %e, "plugin failed after complete; its completion stands");
-            }
+    let rollout_id = request.rollout_id.clone();
+    let (mut metrics, final_messages) = match host {
+        Some(mut host) => (std::mem::take(&mut host.metrics), host.history_so_far()),
+        // Lost in a panic: the request's messages are the history we know.
+        None => (
+            Default::default(),
+            split_messages(&wit_request.messages, "messages")
+                .map(|m| m.into_iter().map(RawValue::to_owned).collect())
+                .unwrap_or_default(),
+        ),
+    };
+    let error_message = outcome.error_message(plugin);
+    match outcome {
+        Outcome::Completed(c) => {
             metrics.num_tool_calls = c.num_tool_calls;
             metrics.tool_latency_ms = c.tool_latency_ms;
             metrics.total_latency_ms =
                 c.at.saturating_duration_since(started).as_secs_f64() * 1000.0;
             RolloutResponse {
-                rollout_id: rollout_id.to_owned(),
+                rollout_id,
                 status: c.status,
                 final_messages: c.final_messages,
                 finish_reason: c.finish_reason,
@@ -101,19 +215,14 @@ fn build_response(
                 extra_fields: c.extra_fields,
             }
         }
-        None => {
+        _ => {
             metrics.total_latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-            let error = match outcome {
-                Ok(()) => "plugin returned without calling complete".to_owned(),
-                Err(e) => e,
-            };
-            let final_messages = host.history_so_far();
             RolloutResponse {
-                rollout_id: rollout_id.to_owned(),
+                rollout_id,
                 status: RolloutStatus::Error,
                 final_messages,
                 finish_reason: "error".to_owned(),
-                error_message: Some(error),
+                error_message,
                 reward: None,
                 metrics,
                 extra_fields: Default::default(),

@@ -108,11 +108,13 @@ pub struct Endpoints {
 }
 
 impl TrainerClient {
-    pub fn new(policy: RetryPolicy) -> Result<Self, reqwest::Error> {
+    /// A client whose connections close after `idle_timeout` unused, so a
+    /// burst's connections do not stay open (and resident) for good.
+    pub fn new(policy: RetryPolicy, idle_timeout: Duration) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(policy.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(idle_timeout)
             .tcp_nodelay(true)
             .user_agent(concat!("rollout-host/", env!("CARGO_PKG_VERSION")))
             .build()?;
@@ -544,7 +546,7 @@ mod tests {
 
     #[test]
     fn endpoints_are_parsed_once_per_server_url() {
-        let client = TrainerClient::new(RetryPolicy::default()).unwrap();
+        let client = TrainerClient::new(RetryPolicy::default(), Duration::from_secs(30)).unwrap();
         let a = client.endpoints("http://trainer:8000").unwrap();
         assert_eq!(a.chat.as_str(), "http://trainer:8000/v1/chat/completions");
         assert_eq!(

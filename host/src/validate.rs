@@ -71,22 +71,16 @@ pub fn validate(
             limits,
             instance_slots: 2,
             allocator,
+            keep_resident_bytes: 0,
         })?);
         let loaded = runtime.load(plugin).await?;
-        let path = plugin.display().to_string();
-        let tools_error = |reason| ValidateError::Tools {
-            path: path.clone(),
-            reason,
-        };
-        let (_, wit_tools) = loaded
+        let (_, tools) = loaded
             .start(RolloutHost::detached("validate"), &sample_request())
             .await
-            .map_err(tools_error)?;
-        let tools = wit_tools
-            .into_iter()
-            .map(|t| Tool::from_plugin(t.name, t.description, t.parameters))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(tools_error)?;
+            .map_err(|e| ValidateError::Tools {
+                path: plugin.display().to_string(),
+                reason: e.to_string(),
+            })?;
         Ok(Report {
             agent: loaded.name().to_owned(),
             tools,

@@ -56,6 +56,18 @@ pub fn plugin(name: &str) -> PathBuf {
     }
 }
 
+/// How messages name a build of plugin `name` whose agent is `agent`:
+/// `agent@` and the first 7 hex digits of the file's sha256.
+pub fn build_label(name: &str, agent: &str) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(plugin(name)).expect("plugin file");
+    let hex: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{agent}@{}", &hex[..7])
+}
+
 pub fn host_binary() -> &'static str {
     env!("CARGO_BIN_EXE_rollout-host")
 }
@@ -99,8 +111,14 @@ impl Server {
     }
 
     pub fn start_path(plugin: &Path, args: &[&str]) -> Server {
+        Self::start_command(plugin, args, Command::new(host_binary()))
+    }
+
+    /// Starts the server from `command` (the binary, with any environment
+    /// or process limits the test sets on it).
+    pub fn start_command(plugin: &Path, args: &[&str], mut command: Command) -> Server {
         let serial = Serial::acquire();
-        let mut child = Command::new(host_binary())
+        let mut child = command
             .arg("--plugin")
             .arg(plugin)
             .args([
@@ -155,6 +173,14 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Lines of /proc/PID/maps: the process's memory mappings.
+    pub fn mappings(&self) -> usize {
+        std::fs::read_to_string(format!("/proc/{}/maps", self.pid()))
+            .expect("read maps")
+            .lines()
+            .count()
     }
 
     pub fn log(&self) -> String {
@@ -220,6 +246,34 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Processes spinning on the CPU at normal priority (a co-located trainer
+/// or data loader); killed on drop.
+pub struct BusyProcesses(Vec<Child>);
+
+impl BusyProcesses {
+    pub fn start(n: usize) -> Self {
+        Self(
+            (0..n)
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("start a busy process")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for BusyProcesses {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

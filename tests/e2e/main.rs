@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `rollout-host` binary, real `.wasm` plugins,
 //! and a scripted trainer over HTTP.
 
+mod hardening;
 mod harness;
 mod plugins;
 mod protocol;

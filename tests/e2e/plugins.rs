@@ -21,9 +21,15 @@ async fn trap_and_missing_complete_each_get_one_error_callback() {
     assert_eq!(done["status"], "ERROR");
     assert_eq!(done["finish_reason"], "error");
     let msg = done["error_message"].as_str().unwrap();
+    let label = build_label("misbehave", "misbehave");
     assert!(
-        msg.contains("trapped") && msg.contains("unreachable"),
+        msg.starts_with(&format!("plugin {label} trapped in run: ")) && msg.contains("unreachable"),
         "{msg}"
+    );
+    assert!(
+        msg.contains(" in <misbehave::Misbehave as rollout_guest_sdk::Agent>::run (panicked at ")
+            && !msg.contains("_RNv"),
+        "names the plugin's own function, demangled: {msg}"
     );
     assert!(
         msg.contains("deliberate trap"),
@@ -41,7 +47,7 @@ async fn trap_and_missing_complete_each_get_one_error_callback() {
     assert_eq!(done["status"], "ERROR");
     assert_eq!(
         done["error_message"],
-        "plugin returned without calling complete"
+        format!("plugin {label} returned without calling complete")
     );
 
     assert_eq!(
@@ -54,7 +60,7 @@ async fn trap_and_missing_complete_each_get_one_error_callback() {
     let done = trainer.single_completion("m-err").await;
     assert_eq!(
         done["error_message"],
-        "plugin run failed: misbehave: deliberate error"
+        format!("plugin {label} run failed: misbehave: deliberate error")
     );
 
     // The server keeps serving.
@@ -139,8 +145,12 @@ async fn get_tools_trap_fails_the_init_and_frees_the_key() {
         .init(&misbehave_body("m-gt", &trainer, "trap-in-get-tools"))
         .await;
     assert_eq!(status, 500, "{answer}");
+    let label = build_label("misbehave", "misbehave");
     assert!(
-        answer["detail"].as_str().unwrap().contains("get-tools"),
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("plugin {label} trapped in get-tools: ")),
         "{answer}"
     );
     // A tool schema that is not a JSON object fails the init too.
@@ -150,7 +160,7 @@ async fn get_tools_trap_fails_the_init_and_frees_the_key() {
     assert_eq!(status, 500, "{answer}");
     assert_eq!(
         answer["detail"],
-        "plugin returned tool 'listy' whose parameters are not a JSON object"
+        format!("plugin {label} returned tool 'listy' whose parameters are not a JSON object")
     );
     // Same key, now a working request: the failed init was forgotten.
     let (status, _) = server.init(&misbehave_body("m-gt", &trainer, "echo")).await;

@@ -136,9 +136,20 @@ async fn health_reports_the_agent_and_counts() {
     let server = Server::start("calc", &[]);
     let (status, health) = server.get("/health", None).await;
     assert_eq!(status, 200);
+    let capacity = health["capacity"].clone();
     assert_eq!(
         health,
-        json!({"status": "healthy", "agent_loop": "calculator", "active_rollouts": 0, "completed_rollouts": 0})
+        json!({"status": "healthy", "agent_loop": "calculator", "active_rollouts": 0,
+               "completed_rollouts": 0, "capacity": capacity})
+    );
+    // 100 running + 1000 queued by default, within what the machine holds.
+    assert_eq!(
+        (capacity["rollouts"].as_u64(), capacity["running"].as_u64()),
+        (Some(1100), Some(100))
+    );
+    assert!(
+        capacity["machine_holds"].as_u64().unwrap() >= 1100,
+        "{capacity}"
     );
     assert_eq!(
         server.get("/platform/health", None).await.0,

@@ -346,11 +346,11 @@ async fn shutdown_sends_one_error_callback_for_unfinished_rollouts() {
     assert!(status.0.success(), "clean exit: {:?}", status.0);
     let done = trainer.single_completion("r-shut").await;
     assert_eq!(done["status"], "ERROR");
-    assert!(
-        done["error_message"]
-            .as_str()
-            .unwrap()
-            .contains("shut down"),
-        "{done}"
+    assert_eq!(
+        done["error_message"],
+        format!(
+            "plugin {} was stopped: rollout-host shut down before the rollout finished",
+            build_label("calc", "calculator")
+        )
     );
 }

@@ -9,7 +9,7 @@ mod validation;
 
 pub use messages::{History, Message, first_difference, message_texts, split_messages};
 pub use request::{RolloutRequest, parse_init_request};
-pub use response::{InitResponse, Metrics, RolloutResponse, RolloutStatus, Tool};
+pub use response::{Metrics, RolloutResponse, RolloutStatus, Tool};
 pub use validation::{ValidationError, ValidationErrors};
 
 /// JSON text of parsed JSON. Encoding `serde_json` values cannot fail (map

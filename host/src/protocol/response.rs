@@ -22,7 +22,8 @@ pub struct ToolFunction {
 
 impl Tool {
     /// A function tool as a plugin described it: `parameters` must be the
-    /// text of a JSON object (a JSON Schema), passed on as written.
+    /// text of a JSON object (a JSON Schema), passed on as written. The
+    /// error is the tool's name.
     pub fn from_plugin(
         name: String,
         description: String,
@@ -37,18 +38,9 @@ impl Tool {
                     parameters,
                 },
             }),
-            _ => Err(format!(
-                "plugin returned tool '{name}' whose parameters are not a JSON object"
-            )),
+            _ => Err(name),
         }
     }
-}
-
-/// The 202 body of `/v1/rollout/init`.
-#[derive(Debug, Clone, Serialize)]
-pub struct InitResponse {
-    pub rollout_id: String,
-    pub tools: Vec<Tool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -6,7 +6,7 @@ use super::fair_share::Turn;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use wasmtime::{EngineWeak, ResourceLimiter};
 
 /// How often the engine's epoch advances: the granularity of the CPU budget
@@ -29,6 +29,8 @@ pub struct Limits {
     pub max_log_event_bytes: usize,
     pub max_history_bytes: usize,
     pub max_final_messages_bytes: usize,
+    /// Guest stdout + stderr logged per rollout (log bytes, overhead included).
+    pub max_guest_output_bytes: usize,
 }
 
 impl Default for Limits {
@@ -42,6 +44,7 @@ impl Default for Limits {
             max_log_event_bytes: 1 << 20,
             max_history_bytes: 32 << 20,
             max_final_messages_bytes: 32 << 20,
+            max_guest_output_bytes: 64 << 10,
         }
     }
 }
@@ -53,25 +56,25 @@ impl Limits {
     }
 }
 
-/// A limit a guest ran into. The message names the limit and its value; it
-/// becomes the ERROR callback's `error_message`.
+/// A limit a guest ran into. The message names the limit and its value;
+/// after the plugin's name it becomes the ERROR callback's `error_message`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LimitExceeded {
-    #[error("plugin exceeded its memory limit of {}", bytes(*.0))]
+    #[error("exceeded its memory limit of {}", bytes(*.0))]
     Memory(usize),
-    #[error("plugin exceeded its CPU budget of {}", seconds(*.0))]
+    #[error("exceeded its CPU budget of {}", seconds(*.0))]
     Cpu(Duration),
-    #[error("plugin exceeded its wall-clock deadline of {}", seconds(*.0))]
+    #[error("exceeded its wall-clock deadline of {}", seconds(*.0))]
     WallClock(Duration),
-    #[error("plugin exceeded its stack limit of {}", bytes(*.0))]
+    #[error("exceeded its stack limit of {}", bytes(*.0))]
     Stack(usize),
-    #[error("plugin exceeded its limit of {0} chat calls")]
+    #[error("exceeded its limit of {0} chat calls")]
     ChatCalls(u32),
-    #[error("plugin sent a log-event of {}, over the limit of {}", bytes(*size), bytes(*max))]
+    #[error("sent a log-event of {}, over the limit of {}", bytes(*size), bytes(*max))]
     LogEvent { size: usize, max: usize },
-    #[error("plugin sent a chat history of {}, over the limit of {}", bytes(*size), bytes(*max))]
+    #[error("sent a chat history of {}, over the limit of {}", bytes(*size), bytes(*max))]
     History { size: usize, max: usize },
-    #[error("plugin sent final messages of {}, over the limit of {}", bytes(*size), bytes(*max))]
+    #[error("sent final messages of {}, over the limit of {}", bytes(*size), bytes(*max))]
     FinalMessages { size: usize, max: usize },
 }
 
@@ -174,35 +177,54 @@ impl ResourceLimiter for GuestLimiter {
     }
 }
 
-/// Time a guest has spent executing: the time spent inside `poll` of its
-/// calls. Waiting in an async host call (`chat`) returns `Pending` and is
-/// not counted. The end of each poll also ends the guest's turn in the
-/// heavy lane, if it had one.
+/// CPU time a guest has spent executing: the CPU time of the thread that
+/// polls its calls, summed over the polls (a guest runs on a fiber of the
+/// polling thread, so a poll's thread CPU time is the guest's plus the
+/// host calls it makes). Time the thread was descheduled (other processes,
+/// other rollouts) is not counted, nor is waiting in an async host call
+/// (`chat`), which returns `Pending`. The end of each poll also ends the
+/// guest's turn in the heavy lane, if it had one.
 #[derive(Debug, Default)]
 pub struct CpuMeter {
-    state: Mutex<(Duration, Option<Instant>)>,
+    state: Mutex<MeterState>,
     pub turn: Arc<Turn>,
 }
 
+#[derive(Debug, Default)]
+struct MeterState {
+    /// CPU time of the polls that have ended.
+    used: Duration,
+    /// The polling thread's CPU clock when the poll in progress began.
+    poll_started: Option<Duration>,
+}
+
 impl CpuMeter {
-    /// Execution time so far, including the poll in progress.
+    fn lock(&self) -> std::sync::MutexGuard<'_, MeterState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// CPU time so far. Called on the polling thread (the epoch callback
+    /// runs there), it includes the poll in progress.
     pub fn used(&self) -> Duration {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.0 + state.1.map_or(Duration::ZERO, |t| t.elapsed())
+        let state = self.lock();
+        state.used
+            + state
+                .poll_started
+                .map_or(Duration::ZERO, |t| thread_cpu_time().saturating_sub(t))
     }
 
     fn start(&self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = Some(Instant::now());
+        self.lock().poll_started = Some(thread_cpu_time());
     }
 
     fn stop(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = state.1.take() {
-            state.0 += t.elapsed();
+        let mut state = self.lock();
+        if let Some(t) = state.poll_started.take() {
+            state.used += thread_cpu_time().saturating_sub(t);
         }
     }
 
-    /// Runs `fut`, counting the time spent polling it.
+    /// Runs `fut`, counting the CPU time spent polling it.
     pub async fn measure<F: Future>(&self, fut: F) -> F::Output {
         let mut fut = pin!(fut);
         std::future::poll_fn(|cx| {
@@ -214,6 +236,24 @@ impl CpuMeter {
         })
         .await
     }
+}
+
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we pass; this clock
+    // exists on every Linux and macOS.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is
@@ -243,19 +283,19 @@ mod tests {
     fn messages_name_the_limit_and_its_value() {
         assert_eq!(
             LimitExceeded::Cpu(Duration::from_secs(30)).to_string(),
-            "plugin exceeded its CPU budget of 30s"
+            "exceeded its CPU budget of 30s"
         );
         assert_eq!(
             LimitExceeded::Cpu(Duration::from_millis(1500)).to_string(),
-            "plugin exceeded its CPU budget of 1.5s"
+            "exceeded its CPU budget of 1.5s"
         );
         assert_eq!(
             LimitExceeded::Memory(256 << 20).to_string(),
-            "plugin exceeded its memory limit of 256 MiB"
+            "exceeded its memory limit of 256 MiB"
         );
         assert_eq!(
             LimitExceeded::Stack(512 << 10).to_string(),
-            "plugin exceeded its stack limit of 512 KiB"
+            "exceeded its stack limit of 512 KiB"
         );
         assert_eq!(
             LimitExceeded::LogEvent {
@@ -263,7 +303,7 @@ mod tests {
                 max: 1 << 20
             }
             .to_string(),
-            "plugin sent a log-event of 100 MiB, over the limit of 1 MiB"
+            "sent a log-event of 100 MiB, over the limit of 1 MiB"
         );
         assert_eq!(bytes((100 << 20) + 15), "100.0 MiB");
         assert_eq!(bytes(1000), "1000 bytes");
@@ -271,18 +311,27 @@ mod tests {
         assert_eq!(Limits::default().max_chat_calls(10), 40);
     }
 
+    /// Burns about `ms` of CPU on this thread.
+    fn burn(ms: u64) {
+        let until = thread_cpu_time() + Duration::from_millis(ms);
+        while thread_cpu_time() < until {
+            std::hint::black_box(0u64);
+        }
+    }
+
     #[tokio::test]
-    async fn meter_excludes_time_spent_pending() {
+    async fn meter_counts_cpu_not_waiting_or_sleeping() {
         let meter = CpuMeter::default();
         meter
             .measure(async {
-                std::thread::sleep(Duration::from_millis(30)); // "executing"
-                tokio::time::sleep(Duration::from_millis(200)).await; // "waiting in chat"
+                burn(30); // executing
+                std::thread::sleep(Duration::from_millis(100)); // descheduled
+                tokio::time::sleep(Duration::from_millis(100)).await; // waiting in chat
             })
             .await;
         let used = meter.used();
         assert!(
-            used >= Duration::from_millis(30) && used < Duration::from_millis(150),
+            used >= Duration::from_millis(30) && used < Duration::from_millis(90),
             "{used:?}"
         );
     }

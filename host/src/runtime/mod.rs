@@ -2,25 +2,26 @@
 //! once, and a fresh `Store` + instance per rollout.
 
 mod bindings;
+pub mod capacity;
+mod failure;
 mod fair_share;
 mod guest_io;
 mod host_calls;
 mod limits;
 mod state;
-mod trap;
 
+pub use failure::{Failure, GuestError, Stage};
 pub use limits::{LimitExceeded, Limits};
 
 pub use state::{Completion, HostCallLimits, RolloutHost, TrainerLink};
 
+use crate::protocol::Tool;
 use bindings::RolloutAgentPre;
 use bindings::exports::osmosis::rollout::agent::Guest as AgentExports;
-pub use bindings::osmosis::rollout::types::{
-    RolloutRequest as WitRolloutRequest, ToolDefinition as WitToolDefinition,
-};
+pub use bindings::osmosis::rollout::types::RolloutRequest as WitRolloutRequest;
 use state::StoreState;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
@@ -40,6 +41,31 @@ pub struct RuntimeConfig {
     pub instance_slots: u32,
     /// Which instance allocator to use.
     pub allocator: AllocatorChoice,
+    /// Bytes of each pooled memory, stack and table kept resident between
+    /// instances.
+    pub keep_resident_bytes: usize,
+}
+
+/// Address space of each instance's linear memory (wasmtime's default for
+/// 64-bit hosts, set explicitly so capacity is computed from what is used):
+/// with the guards, bounds checks are free for 32-bit memories.
+const MEMORY_RESERVATION: u64 = 4 << 30;
+const MEMORY_GUARD: u64 = 32 << 20;
+
+impl RuntimeConfig {
+    /// Address space one instance reserves.
+    pub fn reservation(&self) -> capacity::Reservation {
+        capacity::Reservation {
+            memory: MEMORY_RESERVATION,
+            guard: MEMORY_GUARD,
+            stack: stack_size(&self.limits) as u64,
+        }
+    }
+}
+
+/// Host functions run on the same fiber stack as the guest: leave them room.
+fn stack_size(limits: &Limits) -> usize {
+    limits.max_wasm_stack_bytes + (1 << 20)
 }
 
 /// `--instance-allocator`: probe for pooling (default), or force one.
@@ -127,6 +153,7 @@ impl Runtime {
         if !is_component(&bytes) {
             return Err(LoadError::NotAComponent { path });
         }
+        let sha256 = sha256_hex(&bytes);
         let engine = self.engine.clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, bytes))
             .await
@@ -151,17 +178,21 @@ impl Runtime {
             runtime: self.clone(),
             pre,
             name: String::new(),
+            label: format!("@{}", &sha256[..7]).into(),
+            shared_tools: Mutex::default(),
+            sha256,
             path,
         };
-        let startup = |reason| LoadError::Startup {
+        let startup = |e: GuestError| LoadError::Startup {
             path: plugin.path.clone(),
-            reason,
+            reason: e.to_string(),
         };
         let mut instance = plugin
             .instantiate(RolloutHost::detached("startup"))
             .await
             .map_err(startup)?;
         let name = instance.name().await.map_err(startup)?;
+        plugin.label = format!("{name}@{}", &plugin.sha256[..7]).into();
         plugin.name = name;
         Ok(plugin)
     }
@@ -173,13 +204,15 @@ fn new_engine(config: &RuntimeConfig) -> Result<(Engine, Allocator), LoadError> 
     wasm.wasm_component_model(true);
     wasm.epoch_interruption(true);
     wasm.max_wasm_stack(limits.max_wasm_stack_bytes);
-    // Host functions run on the same fiber stack as the guest: leave them room.
-    wasm.async_stack_size(limits.max_wasm_stack_bytes + (1 << 20));
+    wasm.async_stack_size(stack_size(limits));
+    wasm.memory_reservation(MEMORY_RESERVATION);
+    wasm.memory_guard_size(MEMORY_GUARD);
     // Zero fiber stacks between rollouts: nothing of one rollout's host
     // frames is visible to the next, and pooled stacks give their pages back
-    // (beyond the top 32 KiB) instead of keeping every stack's deepest use
-    // resident (a trap's unwinding touches ~80 KiB).
+    // (beyond what is kept resident) instead of keeping every stack's
+    // deepest use resident (a trap's unwinding touches ~80 KiB).
     wasm.async_stack_zeroing(true);
+    let keep = config.keep_resident_bytes;
     let slots = config.instance_slots.max(1);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
@@ -190,17 +223,19 @@ fn new_engine(config: &RuntimeConfig) -> Result<(Engine, Allocator), LoadError> 
         .total_memories(slots)
         .total_tables(slots.saturating_mul(8))
         .total_stacks(slots)
-        .async_stack_keep_resident(32 << 10)
-        // Reset the pages a rollout dirtied in place (found with the
-        // PAGEMAP_SCAN ioctl where the kernel has it, Linux >= 6.7) instead
-        // of madvise + fresh page faults for the next rollout: fewer
-        // syscalls and TLB shootdowns per instantiation.
-        .linear_memory_keep_resident(2 << 20)
+        // What a finished instance's slot keeps resident for the next one
+        // (`--pool-keep-resident-kib`). Kept pages make reuse cheaper (with
+        // the PAGEMAP_SCAN ioctl, Linux >= 6.7, only the dirtied ones are
+        // reset in place), but wasmtime never trims an idle slot: every
+        // slot a burst touched would keep them. By default all are given
+        // back, so memory follows the rollouts in flight.
+        .async_stack_keep_resident(keep)
+        .linear_memory_keep_resident(keep)
+        .table_keep_resident(keep)
         // Reuse the least recently used slot rather than a cold one, so the
-        // slots ever touched (and the pages they keep) stay bounded by the
-        // peak number of instances, not the pool's size.
+        // slots ever touched (and their mappings) stay bounded by the peak
+        // number of instances, not the pool's size.
         .max_unused_warm_slots(0)
-        .table_keep_resident(64 << 10)
         .pagemap_scan(Enabled::Auto)
         .max_memory_size(limits.max_memory_bytes);
     if config.allocator != AllocatorChoice::OnDemand {
@@ -250,6 +285,12 @@ fn check_exports(engine: &Engine, component: &Component, path: &Path) -> Result<
     })
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A wasmtime error and its causes on one line.
 pub(crate) fn one_line(e: &wasmtime::Error) -> String {
     let mut text = String::new();
@@ -268,6 +309,13 @@ pub struct Plugin {
     runtime: Arc<Runtime>,
     pre: RolloutAgentPre<StoreState>,
     name: String,
+    /// sha256 of the component file, hex.
+    sha256: String,
+    /// `name@` and the first 7 hex digits of `sha256`: names the build in
+    /// messages and logs.
+    label: Arc<str>,
+    /// The last tool list (JSON) a rollout got: most get the same one.
+    shared_tools: Mutex<Option<Arc<str>>>,
     path: PathBuf,
 }
 
@@ -275,6 +323,40 @@ impl Plugin {
     /// The agent's name (from its `name` export).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// sha256 of the plugin file (hex).
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The build, as messages name it: `calculator@3f9a1c2`.
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+
+    /// The tool list `tools` encodes to, as JSON text shared with the last
+    /// rollout that got the same list (a kept init answer then costs a
+    /// pointer, not a copy).
+    pub fn shared_tools(&self, tools: &[Tool]) -> Result<Arc<str>, serde_json::Error> {
+        let text = serde_json::to_string(tools)?;
+        let mut shared = self.shared_tools.lock().unwrap_or_else(|p| p.into_inner());
+        match &*shared {
+            Some(same) if **same == *text => Ok(same.clone()),
+            _ => {
+                let text: Arc<str> = text.into();
+                *shared = Some(text.clone());
+                Ok(text)
+            }
+        }
+    }
+
+    fn error(&self, stage: Stage, failure: Failure) -> GuestError {
+        GuestError {
+            plugin: self.label.clone(),
+            stage,
+            failure,
+        }
     }
 
     fn new_store(&self, host: RolloutHost) -> Store<StoreState> {
@@ -307,15 +389,16 @@ impl Plugin {
 
     /// Creates an instance and calls nothing in it (what `start` does
     /// before `get-tools`; benchmarks measure it alone).
-    pub async fn instantiate(&self, host: RolloutHost) -> Result<Instance, String> {
+    pub async fn instantiate(&self, host: RolloutHost) -> Result<Instance, GuestError> {
         let mut store = self.new_store(host);
         let meter = store.data().meter.clone();
         match meter.measure(self.pre.instantiate_async(&mut store)).await {
-            Ok(agent) => Ok(Instance { store, agent }),
-            Err(e) => Err(format!(
-                "plugin failed to start: {}",
-                trap::describe(&e, &mut store)
-            )),
+            Ok(agent) => Ok(Instance {
+                store,
+                agent,
+                plugin: self.label.clone(),
+            }),
+            Err(e) => Err(self.error(Stage::Start, failure::classify(&e, &mut store))),
         }
     }
 
@@ -325,14 +408,16 @@ impl Plugin {
         &self,
         host: RolloutHost,
         request: &WitRolloutRequest,
-    ) -> Result<(Instance, Vec<WitToolDefinition>), String> {
+    ) -> Result<(Instance, Vec<Tool>), GuestError> {
         let mut store = self.new_store(host);
         let meter = store.data().meter.clone();
         let deadline = self.runtime.config.limits.wall_clock;
+        let mut stage = Stage::Start;
         let started = tokio::time::timeout(
             deadline,
             meter.measure(async {
                 let agent = self.pre.instantiate_async(&mut store).await?;
+                stage = Stage::GetTools;
                 let tools = agent
                     .osmosis_rollout_agent()
                     .call_get_tools(&mut store, request)
@@ -341,18 +426,27 @@ impl Plugin {
             }),
         )
         .await;
-        match started {
-            Ok(Ok((agent, Ok(tools)))) => Ok((Instance { store, agent }, tools)),
-            Ok(Ok((_, Err(msg)))) => Err(format!("plugin get-tools failed: {msg}")),
-            Ok(Err(e)) => Err(format!(
-                "plugin get-tools {}",
-                trap::describe(&e, &mut store)
-            )),
-            Err(_) => Err(format!(
-                "plugin get-tools {}",
-                trap::note_limit(&mut store, LimitExceeded::WallClock(deadline))
-            )),
-        }
+        let (agent, wit_tools) = match started {
+            Ok(Ok((agent, Ok(tools)))) => (agent, tools),
+            Ok(Ok((_, Err(msg)))) => return Err(self.error(stage, Failure::PluginError(msg))),
+            Ok(Err(e)) => return Err(self.error(stage, failure::classify(&e, &mut store))),
+            Err(_) => {
+                let limit = LimitExceeded::WallClock(deadline);
+                return Err(self.error(stage, failure::note_limit(&mut store, limit)));
+            }
+        };
+        // Each schema checked to be a JSON object.
+        let tools = wit_tools
+            .into_iter()
+            .map(|t| Tool::from_plugin(t.name, t.description, t.parameters))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|name| self.error(Stage::GetTools, Failure::BadTool(name)))?;
+        let instance = Instance {
+            store,
+            agent,
+            plugin: self.label.clone(),
+        };
+        Ok((instance, tools))
     }
 }
 
@@ -360,41 +454,57 @@ impl Plugin {
 pub struct Instance {
     store: Store<StoreState>,
     agent: bindings::RolloutAgent,
+    plugin: Arc<str>,
 }
 
 impl Instance {
     /// The agent's `name` export.
-    pub async fn name(&mut self) -> Result<String, String> {
+    pub async fn name(&mut self) -> Result<String, GuestError> {
         let exports: &AgentExports = self.agent.osmosis_rollout_agent();
         let meter = self.store.data().meter.clone();
-        meter
-            .measure(exports.call_name(&mut self.store))
-            .await
-            .map_err(|e| format!("plugin name {}", trap::describe(&e, &mut self.store)))
+        match meter.measure(exports.call_name(&mut self.store)).await {
+            Ok(name) => Ok(name),
+            Err(e) => {
+                let failure = failure::classify(&e, &mut self.store);
+                Err(self.error(Stage::Name, failure))
+            }
+        }
+    }
+
+    /// The plugin build this instance runs (`name@sha256-prefix`).
+    pub fn plugin(&self) -> &Arc<str> {
+        &self.plugin
+    }
+
+    fn error(&self, stage: Stage, failure: Failure) -> GuestError {
+        GuestError {
+            plugin: self.plugin.clone(),
+            stage,
+            failure,
+        }
     }
 
     /// Runs the agent loop to its end: `Err` says how the guest failed.
     /// Dropping the future stops the guest.
-    pub async fn run(&mut self, request: &WitRolloutRequest) -> Result<(), String> {
+    pub async fn run(&mut self, request: &WitRolloutRequest) -> Result<(), GuestError> {
         let exports: &AgentExports = self.agent.osmosis_rollout_agent();
         let meter = self.store.data().meter.clone();
-        match meter
+        let failure = match meter
             .measure(exports.call_run(&mut self.store, request))
             .await
         {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(msg)) => Err(format!("plugin run failed: {msg}")),
-            Err(e) => Err(format!("plugin {}", trap::describe(&e, &mut self.store))),
-        }
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(msg)) => Failure::PluginError(msg),
+            Err(e) => failure::classify(&e, &mut self.store),
+        };
+        Err(self.error(Stage::Run, failure))
     }
 
     /// Records that the rollout ran past its wall-clock deadline (the run
-    /// was stopped) and returns the error message.
-    pub fn wall_clock_exceeded(&mut self, deadline: Duration) -> String {
-        format!(
-            "plugin {}",
-            trap::note_limit(&mut self.store, LimitExceeded::WallClock(deadline))
-        )
+    /// was stopped) and returns the error.
+    pub fn wall_clock_exceeded(&mut self, deadline: Duration) -> GuestError {
+        let failure = failure::note_limit(&mut self.store, LimitExceeded::WallClock(deadline));
+        self.error(Stage::Run, failure)
     }
 
     /// The host-side state: completion, metrics, history.

@@ -1,7 +1,7 @@
 //! Per-instance store data: WASI context, resource table, limits, and the
 //! host's own per-rollout state that the host functions work on.
 
-use super::guest_io::{GuestOutput, Stream};
+use super::guest_io::{GuestOutput, OutputBudget, Stream};
 use super::limits::{CpuMeter, GuestLimiter, LimitExceeded, Limits};
 use crate::debug_log::RolloutLog;
 use crate::protocol::{History, Message, Metrics, RolloutStatus};
@@ -144,8 +144,12 @@ impl RolloutHost {
         let tail = self.stderr_tail.lock().unwrap_or_else(|p| p.into_inner());
         let text = String::from_utf8_lossy(&tail);
         let start = text.rfind("panicked at")?;
-        let message: Vec<&str> = text[start..].lines().take(2).collect();
-        Some(message.join(": ").trim_end_matches(':').to_owned())
+        let message: Vec<&str> = text[start..]
+            .lines()
+            .take(2)
+            .map(|line| line.trim_end_matches(':'))
+            .collect();
+        Some(message.join(": "))
     }
 }
 
@@ -162,12 +166,16 @@ pub struct StoreState {
 impl StoreState {
     pub fn new(host: RolloutHost, limits: &Limits) -> Self {
         let tail = host.stderr_tail.clone();
-        let id = host.rollout_id.clone();
+        let budget = OutputBudget::new(host.rollout_id.clone(), limits.max_guest_output_bytes);
         // No preopened directories, no environment, no arguments, no
         // sockets, empty stdin: clocks and randomness only.
         let wasi = WasiCtx::builder()
-            .stdout(GuestOutput::new(id.clone(), Stream::Stdout, tail.clone()))
-            .stderr(GuestOutput::new(id, Stream::Stderr, tail))
+            .stdout(GuestOutput::new(
+                Stream::Stdout,
+                tail.clone(),
+                budget.clone(),
+            ))
+            .stderr(GuestOutput::new(Stream::Stderr, tail, budget))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)

@@ -28,8 +28,14 @@ fn body(app: &App) -> Response {
     Json(json!({
         "status": "healthy",
         "agent_loop": app.plugin.current().name(),
-        "active_rollouts": app.stats.active.load(Ordering::Relaxed),
+        "active_rollouts": app.places.taken(),
         "completed_rollouts": app.stats.completed.load(Ordering::Relaxed),
+        "capacity": {
+            "rollouts": app.capacity,
+            "running": app.max_concurrent,
+            "machine_holds": app.machine.instances,
+            "bound": app.machine.bound.name(),
+        },
     }))
     .into_response()
 }

@@ -2,10 +2,9 @@
 //! admission, `get-tools`, then the run in the background and 202.
 
 use super::{App, auth, json_error};
-use crate::idempotency::{self, Claim, InitOutcome, Ticket};
-use crate::protocol::{
-    InitResponse, Message, RolloutRequest, Tool, json_text, message_texts, parse_init_request,
-};
+use crate::fault;
+use crate::idempotency::{self, Claim, InitAnswer, InitOutcome, Ticket};
+use crate::protocol::{Message, RolloutRequest, json_text, message_texts, parse_init_request};
 use crate::rollout;
 use crate::runtime::{HostCallLimits, RolloutHost, TrainerLink, WitRolloutRequest};
 use axum::body::Body;
@@ -16,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 pub async fn init(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     if let Some(key) = &app.api_key
@@ -44,6 +42,7 @@ pub async fn init(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -
                 .into_response();
         }
     };
+    fault::inject("handler", &request.rollout_id);
     let outcome = match app.idempotency.claim(request.idempotency_key()) {
         Claim::Done(body) => InitOutcome::Accepted(body),
         Claim::Wait(rx) => idempotency::wait(rx).await,
@@ -91,54 +90,52 @@ fn error_body(message: &str) -> Bytes {
 
 /// First request for its key: admit, instantiate, get tools, start the run.
 async fn accept(app: Arc<App>, request: RolloutRequest, ticket: Ticket) -> InitOutcome {
-    let outcome = admit_and_start(&app, request, ticket.key().to_owned()).await;
-    ticket.resolve(outcome.clone());
-    outcome
+    match admit_and_start(&app, request, ticket.key().to_owned()).await {
+        Ok(answer) => InitOutcome::Accepted(ticket.accept(&answer)),
+        Err((status, body)) => {
+            ticket.fail(status, body.clone());
+            InitOutcome::Failed { status, body }
+        }
+    }
 }
 
-async fn admit_and_start(app: &Arc<App>, mut request: RolloutRequest, key: String) -> InitOutcome {
+/// Why an init was refused: its status and JSON body.
+type Refusal = (u16, Bytes);
+
+fn refusal(status: u16, message: &str) -> Refusal {
+    (status, error_body(message))
+}
+
+async fn admit_and_start(
+    app: &Arc<App>,
+    mut request: RolloutRequest,
+    key: String,
+) -> Result<InitAnswer, Refusal> {
     if app.shutdown.is_cancelled() || app.tasks.is_closed() {
-        return InitOutcome::Failed {
-            status: 503,
-            body: error_body("rollout-host is shutting down"),
-        };
+        return Err(refusal(503, "rollout-host is shutting down"));
     }
-    // Reserve a place (running or queued) before doing any work.
-    let admitted = app
-        .stats
-        .active
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < app.capacity).then_some(n + 1)
-        })
-        .is_ok();
-    if !admitted {
+    // Reserve a place (running or queued) before doing any work; it is
+    // given back when `admission` drops, on any way out.
+    let Some(admission) = app.places.try_take(app.capacity) else {
         tracing::warn!(rollout_id = %request.rollout_id, capacity = app.capacity, "init refused: server full");
-        return InitOutcome::Failed {
-            status: 429,
-            body: error_body(&format!(
+        return Err(refusal(
+            429,
+            &format!(
                 "server is at capacity ({} rollouts running or queued); retry later",
                 app.capacity
-            )),
-        };
-    }
-    let release = || {
-        app.stats.active.fetch_sub(1, Ordering::AcqRel);
+            ),
+        ));
     };
+    fault::inject("admission", &request.rollout_id);
 
     // Encoded once: the guest receives their array, and its final messages
     // are checked against these texts.
     let request_messages = message_texts(&std::mem::take(&mut request.messages));
     let wit_request = wit_request(&request, &request_messages);
-    let endpoints = match app.trainer.endpoints(&request.server_url) {
-        Ok(endpoints) => endpoints,
-        Err(e) => {
-            release();
-            return InitOutcome::Failed {
-                status: 422,
-                body: error_body(&e.to_string()),
-            };
-        }
-    };
+    let endpoints = app
+        .trainer
+        .endpoints(&request.server_url)
+        .map_err(|e| refusal(422, &e.to_string()))?;
     let host = RolloutHost::new(
         &request.rollout_id,
         TrainerLink {
@@ -154,56 +151,33 @@ async fn admit_and_start(app: &Arc<App>, mut request: RolloutRequest, key: Strin
         HostCallLimits::new(&app.limits, request.max_turns),
     );
     let plugin = app.plugin.current();
-    // The plugin's tools, each schema checked to be a JSON object.
-    let started = plugin
-        .start(host, &wit_request)
-        .await
-        .and_then(|(instance, wit_tools)| {
-            let tools = wit_tools
-                .into_iter()
-                .map(|t| Tool::from_plugin(t.name, t.description, t.parameters))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((instance, tools))
-        });
-    let (instance, tools) = match started {
-        Ok(started) => started,
-        Err(message) => {
-            release();
-            tracing::error!(rollout_id = %request.rollout_id, error = %message, "init failed");
-            return InitOutcome::Failed {
-                status: 500,
-                body: error_body(&message),
-            };
-        }
-    };
-    let response = InitResponse {
-        rollout_id: request.rollout_id.clone(),
-        tools,
-    };
-    let body = match serde_json::to_vec(&response) {
-        Ok(b) => Bytes::from(b),
-        Err(e) => {
-            release();
-            return InitOutcome::Failed {
-                status: 500,
-                body: error_body(&format!("cannot encode the init response: {e}")),
-            };
-        }
+    let (instance, tools) = plugin.start(host, &wit_request).await.map_err(|e| {
+        tracing::error!(rollout_id = %request.rollout_id, plugin = %plugin.label(), error = %e, "init failed");
+        refusal(500, &e.to_string())
+    })?;
+    let answer = InitAnswer {
+        rollout_id: request.rollout_id.as_str().into(),
+        tools: plugin
+            .shared_tools(&tools)
+            .map_err(|e| refusal(500, &format!("cannot encode the init response: {e}")))?,
     };
     tracing::debug!(rollout_id = %request.rollout_id, "rollout accepted");
     app.tasks.spawn_on(
         rollout::run(
             app.clone(),
-            key,
-            request,
-            endpoints,
-            wit_request,
-            instance,
-            plugin,
+            rollout::Accepted {
+                key,
+                request,
+                endpoints,
+                wit_request,
+                instance,
+                plugin,
+                admission,
+            },
         ),
         &app.guests,
     );
-    InitOutcome::Accepted(body)
+    Ok(answer)
 }
 
 fn wit_request(r: &RolloutRequest, messages: &[Message]) -> WitRolloutRequest {

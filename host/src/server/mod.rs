@@ -1,23 +1,32 @@
 //! The HTTP side: routes, shared state, start-up and graceful shutdown.
 
+mod admission;
 mod auth;
 mod health;
 mod init;
 mod swap;
 
+pub use admission::{Admission, Places};
+
 use crate::debug_log::DebugLog;
+use crate::fault;
 use crate::idempotency::IdempotencyStore;
+use crate::runtime::capacity::{MachineCapacity, MachineFacts};
 use crate::runtime::{AllocatorChoice, Limits, LoadError, Runtime, RuntimeConfig};
 use crate::trainer::{RetryPolicy, TrainerClient};
 use axum::Router;
+use axum::extract::Request;
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
+use futures_util::FutureExt;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -38,10 +47,16 @@ pub struct ServerConfig {
     pub max_queued: usize,
     /// How long a finished rollout's init answer is kept for duplicates.
     pub record_ttl: Duration,
+    /// Most finished rollouts' records kept (oldest dropped first).
+    pub max_records: usize,
     pub retry: RetryPolicy,
     /// Per-rollout limits of the plugin.
     pub limits: Limits,
     pub allocator: AllocatorChoice,
+    /// Bytes of each pooled slot kept resident between instances.
+    pub keep_resident_bytes: usize,
+    /// How long an idle connection to the trainer is kept.
+    pub trainer_idle_timeout: Duration,
     /// Largest init body read.
     pub max_body_bytes: usize,
     pub metadata_limit: usize,
@@ -76,8 +91,6 @@ pub enum ServerError {
 /// Counts of rollouts, for /health.
 #[derive(Default)]
 pub struct Stats {
-    /// Accepted and not yet finished (running or waiting for a slot).
-    pub active: AtomicUsize,
     pub completed: AtomicU64,
 }
 
@@ -92,8 +105,14 @@ pub struct App {
     pub idempotency: IdempotencyStore,
     /// Slots for running agents (`--max-concurrent`).
     pub slots: Semaphore,
+    /// Their number.
+    pub max_concurrent: usize,
+    /// Places of accepted rollouts not yet finished (running or queued).
+    pub places: Places,
     /// Most rollouts accepted at once (running + queued).
     pub capacity: usize,
+    /// What this machine can hold, and what bounds it (for /health).
+    pub machine: MachineCapacity,
     pub stats: Stats,
     pub max_body_bytes: usize,
     pub metadata_limit: usize,
@@ -147,13 +166,20 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     // From here on a SIGHUP reloads the plugin (once the server is up)
     // instead of ending the process.
     let hangups = swap::hangups();
-    let capacity = config.max_concurrent.saturating_add(config.max_queued);
-    let runtime = Arc::new(Runtime::new(RuntimeConfig {
+    let mut runtime_config = RuntimeConfig {
         limits: config.limits.clone(),
-        // Accepted rollouts hold an instance; inits in progress hold one too.
-        instance_slots: u32::try_from(capacity.saturating_add(64)).unwrap_or(u32::MAX),
+        instance_slots: 0,
         allocator: config.allocator,
-    })?);
+        keep_resident_bytes: config.keep_resident_bytes,
+    };
+    let machine = MachineFacts::read().capacity(runtime_config.reservation());
+    let capacity = admissible(&config, machine);
+    let max_concurrent = config.max_concurrent.min(capacity);
+    // Accepted rollouts hold an instance; inits in progress hold one too
+    // (admission comes first, so at most `capacity`), plus hot swap's check.
+    runtime_config.instance_slots =
+        u32::try_from(capacity.saturating_add(INSTANCE_HEADROOM)).unwrap_or(u32::MAX);
+    let runtime = Arc::new(Runtime::new(runtime_config)?);
     let plugin = runtime.load(&config.plugin).await?;
     tracing::info!(
         plugin = %config.plugin.display(),
@@ -175,17 +201,20 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
             Some(log)
         }
     };
-    let trainer =
-        TrainerClient::new(config.retry.clone()).map_err(|e| ServerError::Client(e.to_string()))?;
+    let trainer = TrainerClient::new(config.retry.clone(), config.trainer_idle_timeout)
+        .map_err(|e| ServerError::Client(e.to_string()))?;
     let app = Arc::new(App {
         plugin: swap::PluginSlot::new(runtime, config.plugin.clone(), plugin),
         limits: config.limits.clone(),
         trainer,
         api_key: config.api_key.clone(),
         debug_log,
-        idempotency: IdempotencyStore::default(),
-        slots: Semaphore::new(config.max_concurrent.max(1)),
+        idempotency: IdempotencyStore::new(config.max_records),
+        slots: Semaphore::new(max_concurrent.max(1)),
+        max_concurrent,
+        places: Places::default(),
         capacity,
+        machine,
         stats: Stats::default(),
         max_body_bytes: config.max_body_bytes,
         metadata_limit: config.metadata_limit,
@@ -227,6 +256,30 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     Ok(())
 }
 
+/// Instances beyond the rollouts in flight: inits in progress past
+/// admission never exceed it, so this covers a hot swap's start-up check.
+const INSTANCE_HEADROOM: usize = 64;
+
+/// Rollouts in flight (running + queued) the server accepts: what the flags
+/// ask for, lowered to what the machine holds, with one line saying so.
+fn admissible(config: &ServerConfig, machine: MachineCapacity) -> usize {
+    let asked = config.max_concurrent.saturating_add(config.max_queued);
+    let holds = machine.instances.saturating_sub(INSTANCE_HEADROOM).max(1);
+    if asked <= holds {
+        return asked;
+    }
+    tracing::warn!(
+        "--max-concurrent {} + --max-queued {} is more than this machine holds: at most {holds} \
+         rollouts in flight ({} is {}); serving {holds}, more inits get 429; {}",
+        config.max_concurrent,
+        config.max_queued,
+        machine.bound.name(),
+        machine.limit,
+        machine.bound.hint()
+    );
+    holds
+}
+
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/rollout/init", post(init::init))
@@ -236,7 +289,24 @@ pub fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(|| async {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
         })
+        .layer(axum::middleware::from_fn(answer_panics))
         .with_state(app)
+}
+
+/// A handler that panics answers 500 with a JSON body (instead of a
+/// dropped connection); the server goes on.
+async fn answer_panics(request: Request, next: Next) -> Response {
+    match AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let text = fault::panic_text(&*panic);
+            tracing::error!(panic = %text, "request handler panicked");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("rollout-host internal error: {text}"),
+            )
+        }
+    }
 }
 
 /// `{"detail": message}` with `status`, FastAPI's error shape.
@@ -245,7 +315,7 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
 }
 
 async fn expire_records(store: IdempotencyStore, ttl: Duration) {
-    let period = ttl.clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let period = ttl.clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
@@ -282,13 +352,13 @@ async fn shutdown_signal() {
 /// still sends its single callback.
 async fn drain(app: &App, grace: Duration) {
     app.tasks.close();
-    let active = app.stats.active.load(Ordering::Relaxed);
+    let active = app.places.taken();
     if active > 0 {
         tracing::info!(active, ?grace, "waiting for running rollouts");
     }
     if tokio::time::timeout(grace, app.tasks.wait()).await.is_err() {
         tracing::warn!(
-            active = app.stats.active.load(Ordering::Relaxed),
+            active = app.places.taken(),
             "grace period over: ending remaining rollouts with an ERROR callback"
         );
         app.shutdown.cancel();

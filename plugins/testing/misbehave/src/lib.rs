@@ -1,6 +1,7 @@
 //! A plugin for the host's tests: `metadata.mode` picks how it misbehaves
 //! (spins, allocates or recurses without bound, panics, skips or repeats
-//! `complete`, abuses host calls, tries to escape the sandbox, sleeps).
+//! `complete`, abuses host calls, tries to escape the sandbox, sleeps,
+//! floods stdout) or does a known amount of work (`burn`).
 //! `echo` answers after one chat call; any other mode is the calculator.
 
 #[path = "../../../calc/src/agent.rs"]
@@ -67,6 +68,27 @@ impl Agent for Misbehave {
                 let data = String::from_utf8(bytes).map_err(|e| e.to_string())?;
                 host::log_event("big", &data);
                 ctx.complete(&messages, "stop", None)
+            }
+            "burn" => {
+                // A fixed amount of work: `iterations` rounds of a hash.
+                let iterations = number(&request, "iterations");
+                let mut h = 0xcbf2_9ce4_8422_2325u64;
+                for i in 0..iterations {
+                    h = black_box((h ^ i).wrapping_mul(0x0100_0000_01b3));
+                }
+                ctx.complete_with(&messages, "stop", Some(1.0), one("hash", json!(h)))
+            }
+            "print-flood" => {
+                // `mib` MiB of 100-byte lines on stdout, then a normal end.
+                use std::io::Write;
+                let line = [b"x".repeat(99), b"\n".to_vec()].concat();
+                let chunk = line.repeat(10_486); // ~1 MiB
+                let mut out = std::io::stdout();
+                for _ in 0..number(&request, "mib") {
+                    out.write_all(&chunk).map_err(|e| e.to_string())?;
+                }
+                out.flush().map_err(|e| e.to_string())?;
+                ctx.complete(&messages, "stop", Some(1.0))
             }
             "sleep" => loop {
                 std::thread::sleep(std::time::Duration::from_millis(50));
@@ -161,6 +183,21 @@ impl Agent for Misbehave {
             _ => calculator::Calculator.run(ctx),
         }
     }
+}
+
+/// `metadata[key]` as a count (0 when absent).
+fn number(request: &RolloutRequest, key: &str) -> u64 {
+    request
+        .metadata
+        .get(key)
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+fn one(key: &str, value: Value) -> Map<String, Value> {
+    let mut map = Map::new();
+    map.insert(key.into(), value);
+    map
 }
 
 fn spin() -> ! {

@@ -1,0 +1,236 @@
+//! How many plugin instances this machine can hold at once, derived from
+//! the kernel's limits at start-up, so the server refuses work it cannot
+//! take (429, retryable) instead of failing it (500).
+//!
+//! What one live instance costs (wasmtime's pooling allocator, measured by
+//! the e2e test `a_rollout_in_flight_costs_at_most_six_mappings`):
+//! - memory mappings: its fiber stack and the stack's guard page (2, made
+//!   for every slot of the pool at start), and its linear memory split into
+//!   zero-filled pages, the copy-on-write image of its data and the
+//!   inaccessible rest of the slot (up to 4): [`MAPPINGS_PER_INSTANCE`]. The
+//!   kernel refuses a process more than `vm.max_map_count` of them.
+//! - address space: its linear memory's reservation and guard, and its
+//!   stack ([`Reservation`]).
+//! - resident memory: the host's state of a rollout in flight (HTTP
+//!   connection, store, instance, touched stack and guest pages), about
+//!   [`RESIDENT_PER_INSTANCE`] for a small agent.
+
+use std::fmt;
+
+/// Memory mappings one live instance can add.
+pub const MAPPINGS_PER_INSTANCE: usize = 6;
+/// Mappings kept free for everything else the process maps (allocator
+/// arenas, thread stacks, libraries loaded later).
+const MAPPINGS_RESERVE: usize = 2048;
+/// Resident memory counted per rollout in flight.
+pub const RESIDENT_PER_INSTANCE: u64 = 256 << 10;
+/// The user address space of a 64-bit Linux process (47 bits).
+const USER_ADDRESS_SPACE: u64 = 1 << 47;
+
+/// Address space one instance reserves.
+#[derive(Debug, Clone, Copy)]
+pub struct Reservation {
+    pub memory: u64,
+    pub guard: u64,
+    pub stack: u64,
+}
+
+impl Reservation {
+    fn per_instance(&self) -> u64 {
+        // A guard before and after each linear memory.
+        self.memory + 2 * self.guard + self.stack
+    }
+}
+
+/// The resource that bounds the instances a machine can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    MapCount,
+    AddressSpace,
+    Memory,
+}
+
+impl Bound {
+    pub fn name(self) -> &'static str {
+        match self {
+            Bound::MapCount => "vm.max_map_count",
+            Bound::AddressSpace => "address space",
+            Bound::Memory => "memory",
+        }
+    }
+
+    /// How an operator raises it.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Bound::MapCount => "raise it with `sysctl -w vm.max_map_count=1048576`",
+            Bound::AddressSpace => {
+                "raise the address-space limit (`ulimit -v`) or lower --max-memory-mib"
+            }
+            Bound::Memory => "give the server more memory",
+        }
+    }
+}
+
+/// The instances this machine can hold and what bounds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineCapacity {
+    pub instances: usize,
+    pub bound: Bound,
+    /// The limit's value (mappings, bytes of address space or of memory).
+    pub limit: u64,
+}
+
+impl fmt::Display for MachineCapacity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} instances ({} is {})",
+            self.instances,
+            self.bound.name(),
+            self.limit
+        )
+    }
+}
+
+/// What the kernel says about this process now.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineFacts {
+    pub max_map_count: u64,
+    pub mappings_now: u64,
+    /// Address space the process may use (`RLIMIT_AS`, at most 47 bits).
+    pub address_space: u64,
+    pub address_space_used: u64,
+    /// Memory available to the process (`MemAvailable`, or the cgroup's
+    /// limit less its use when lower).
+    pub memory_available: u64,
+}
+
+impl MachineFacts {
+    /// Reads /proc and the cgroup; a fact it cannot read does not bound.
+    pub fn read() -> Self {
+        let proc_number =
+            |path: &str| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+        let max_map_count = proc_number("/proc/sys/vm/max_map_count").unwrap_or(u64::MAX);
+        let mappings_now = std::fs::read_to_string("/proc/self/maps")
+            .map_or(0, |maps| maps.lines().count() as u64);
+        let address_space_used = status_kib("/proc/self/status", "VmSize:").unwrap_or(0) << 10;
+        let mut memory_available =
+            status_kib("/proc/meminfo", "MemAvailable:").map_or(u64::MAX, |kib| kib << 10);
+        if let (Some(max), Some(current)) = (
+            proc_number("/sys/fs/cgroup/memory.max"),
+            proc_number("/sys/fs/cgroup/memory.current"),
+        ) {
+            memory_available = memory_available.min(max.saturating_sub(current));
+        }
+        Self {
+            max_map_count,
+            mappings_now,
+            address_space: address_space_limit().min(USER_ADDRESS_SPACE),
+            address_space_used,
+            memory_available,
+        }
+    }
+
+    /// The instances these facts allow, each reserving `reservation`.
+    pub fn capacity(&self, reservation: Reservation) -> MachineCapacity {
+        let by_maps = self
+            .max_map_count
+            .saturating_sub(self.mappings_now + MAPPINGS_RESERVE as u64)
+            / MAPPINGS_PER_INSTANCE as u64;
+        // An eighth of what is free stays for the heap, threads and code.
+        let free_space = self.address_space.saturating_sub(self.address_space_used);
+        let by_address = (free_space - free_space / 8) / reservation.per_instance().max(1);
+        let by_memory = self.memory_available / RESIDENT_PER_INSTANCE;
+        let (instances, bound, limit) = [
+            (by_maps, Bound::MapCount, self.max_map_count),
+            (by_address, Bound::AddressSpace, self.address_space),
+            (by_memory, Bound::Memory, self.memory_available),
+        ]
+        .into_iter()
+        .min_by_key(|(n, _, _)| *n)
+        .unwrap_or((u64::MAX, Bound::Memory, u64::MAX));
+        MachineCapacity {
+            instances: usize::try_from(instances).unwrap_or(usize::MAX),
+            bound,
+            limit,
+        }
+    }
+}
+
+/// A `Key:   N kB` line of a /proc status file, in KiB.
+fn status_kib(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+fn address_space_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) };
+    if rc != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        limit.rlim_cur
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RESERVATION: Reservation = Reservation {
+        memory: 4 << 30,
+        guard: 32 << 20,
+        stack: 3 << 19,
+    };
+
+    fn facts() -> MachineFacts {
+        MachineFacts {
+            max_map_count: 65_530,
+            mappings_now: 300,
+            address_space: USER_ADDRESS_SPACE,
+            address_space_used: 1 << 30,
+            memory_available: 24 << 30,
+        }
+    }
+
+    #[test]
+    fn the_default_map_count_bounds_a_24_gib_machine() {
+        let capacity = facts().capacity(RESERVATION);
+        assert_eq!(capacity.bound, Bound::MapCount);
+        assert_eq!(capacity.instances, (65_530 - 300 - 2048) / 6);
+        assert!(capacity.instances > 10_064, "a step of 10,000 fits");
+    }
+
+    #[test]
+    fn a_raised_map_count_leaves_address_space_or_memory_as_the_bound() {
+        let raised = MachineFacts {
+            max_map_count: 1 << 20,
+            ..facts()
+        };
+        let capacity = raised.capacity(RESERVATION);
+        assert_eq!(capacity.bound, Bound::AddressSpace);
+        let free = USER_ADDRESS_SPACE - (1 << 30);
+        assert_eq!(
+            capacity.instances as u64,
+            (free - free / 8) / RESERVATION.per_instance()
+        );
+        let small = MachineFacts {
+            memory_available: 512 << 20,
+            ..raised
+        };
+        assert_eq!(small.capacity(RESERVATION).bound, Bound::Memory);
+        assert_eq!(small.capacity(RESERVATION).instances, 2048);
+    }
+
+    #[test]
+    fn this_machine_can_be_read() {
+        let facts = MachineFacts::read();
+        assert!(facts.max_map_count > 0 && facts.mappings_now > 0);
+        assert!(facts.capacity(RESERVATION).instances > 0);
+    }
+}
