@@ -69,19 +69,19 @@ fn main() {
             metadata: json!({"ground_truth": "5"}).to_string(),
         };
         println!("rollout-host micro benchmarks (calc.wasm)");
-        // Pooling giving every page back (the default), pooling keeping 2
-        // MiB per slot resident, on-demand.
-        for (allocator, keep_kib) in [
-            (AllocatorChoice::Pooling, 0),
-            (AllocatorChoice::Pooling, 2048),
-            (AllocatorChoice::OnDemand, 0),
+        // Pooling from the warm pool (pages kept resident), pooling from
+        // the main pool (pages given back), on-demand.
+        for (allocator, warm_slots, pool) in [
+            (AllocatorChoice::Pooling, 1000, "warm"),
+            (AllocatorChoice::Pooling, 0, "main"),
+            (AllocatorChoice::OnDemand, 0, ""),
         ] {
             let runtime = Arc::new(
                 Runtime::new(RuntimeConfig {
                     limits: Limits::default(),
                     instance_slots: 1000,
                     allocator,
-                    keep_resident_bytes: keep_kib << 10,
+                    warm_slots,
                 })
                 .expect("engine"),
             );
@@ -104,13 +104,13 @@ fn main() {
                 );
             })
             .await;
-            let config = format!("{allocator:?}, keep {keep_kib} KiB");
+            let config = format!("{allocator:?} {pool}");
             println!(
-                "  instantiate from pre-instance ({config:<24}) {}",
+                "  instantiate from pre-instance ({config:<14}) {}",
                 us(instantiate)
             );
             println!(
-                "  instantiate + get-tools ({config:<24})       {}",
+                "  instantiate + get-tools ({config:<14})       {}",
                 us(start)
             );
         }

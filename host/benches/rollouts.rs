@@ -4,12 +4,20 @@
 //! ```text
 //! cargo bench --bench rollouts -- [--rollouts N] [--concurrency C]
 //!     [--trainer-latency-ms L] [--tool-turns T] [--logprobs-tokens K]
-//!     [--warmup W] [--init-parallelism P] [-- HOST ARGS...]
+//!     [--warmup W] [--init-parallelism P] [--sample-every-s S]
+//!     [--idle-after-s I] [-- HOST ARGS...]
 //! ```
 //!
 //! Prints throughput, init and end-to-end latency percentiles, the host's CPU
 //! time per rollout (from its own /proc accounting over the measured run), its
-//! peak RSS and RSS per in-flight rollout, and the error count.
+//! peak RSS and RSS per in-flight rollout, and the error count. Inits go out
+//! as a trainer sends them: all of a step's at once (`--init-parallelism`
+//! bounds them when set); a 429 is retried after its Retry-After, as a
+//! trainer does, and counted. `--sample-every-s` prints the host's RSS and
+//! kept records over a long run (a soak), with the bytes each kept record
+//! costs; `--idle-after-s` waits idle after the run and prints the RSS
+//! then (memory given back after a burst). `ROLLOUT_BENCH_HOST=PATH` runs
+//! another build of the host, to compare builds in alternating runs.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -38,9 +46,12 @@ struct Options {
     /// with `logprobs: true`); 0 sends none.
     logprobs_tokens: usize,
     warmup: usize,
-    /// Most init requests in flight at once (a trainer does not open
-    /// thousands of connections at the same instant).
-    init_parallelism: usize,
+    /// Most init requests in flight at once; `None`: all of them.
+    init_parallelism: Option<usize>,
+    /// Print RSS and records every this often (0: never).
+    sample_every: Duration,
+    /// Stay idle this long after the run, then read the RSS.
+    idle_after: Duration,
     host_args: Vec<String>,
 }
 
@@ -52,7 +63,9 @@ fn parse_args() -> Result<Options, String> {
         tool_turns: 1,
         logprobs_tokens: 0,
         warmup: 1_000,
-        init_parallelism: 256,
+        init_parallelism: None,
+        sample_every: Duration::ZERO,
+        idle_after: Duration::ZERO,
         host_args: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -71,9 +84,14 @@ fn parse_args() -> Result<Options, String> {
             "--tool-turns" => o.tool_turns = value("--tool-turns")?,
             "--logprobs-tokens" => o.logprobs_tokens = value("--logprobs-tokens")?,
             "--warmup" => o.warmup = value("--warmup")?,
-            "--init-parallelism" => o.init_parallelism = value("--init-parallelism")?.max(1),
+            "--init-parallelism" => o.init_parallelism = Some(value("--init-parallelism")?.max(1)),
+            "--sample-every-s" => {
+                o.sample_every = Duration::from_secs(value("--sample-every-s")? as u64)
+            }
+            "--idle-after-s" => o.idle_after = Duration::from_secs(value("--idle-after-s")? as u64),
             "--bench" => {} // passed by `cargo bench`
-            "--" => o.host_args.extend(args.by_ref()),
+            // `cargo bench` appends `--bench`, after ours too.
+            "--" => o.host_args.extend(args.by_ref().filter(|a| a != "--bench")),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -89,6 +107,8 @@ struct Trainer {
     /// The answer after `i` tool turns, for i in 0..=tool_turns.
     replies: Vec<Bytes>,
     waiting: Mutex<HashMap<String, oneshot::Sender<Callback>>>,
+    /// Callbacks received.
+    callbacks: AtomicUsize,
 }
 
 impl Trainer {
@@ -128,6 +148,7 @@ impl Trainer {
             latency,
             replies,
             waiting: Mutex::default(),
+            callbacks: AtomicUsize::new(0),
         }
     }
 }
@@ -170,6 +191,7 @@ async fn completed(State(t): State<Arc<Trainer>>, body: Bytes) -> StatusCode {
     let Ok(callback) = serde_json::from_slice::<Callback>(&body) else {
         return StatusCode::BAD_REQUEST;
     };
+    t.callbacks.fetch_add(1, Ordering::Relaxed);
     if let Some(tx) = t.waiting.lock().unwrap().remove(&callback.rollout_id) {
         let _ = tx.send(callback);
     }
@@ -190,7 +212,11 @@ impl Drop for Host {
 
 fn start_host(plugin: &Path, o: &Options) -> Host {
     let max_concurrent = o.concurrency.max(100).to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rollout-host"))
+    let max_queued = o.concurrency.max(1000).to_string();
+    // ROLLOUT_BENCH_HOST runs another build (to compare builds in turns).
+    let binary = std::env::var_os("ROLLOUT_BENCH_HOST")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_rollout-host").into());
+    let mut child = Command::new(binary)
         .arg("--plugin")
         .arg(plugin)
         .args([
@@ -201,7 +227,7 @@ fn start_host(plugin: &Path, o: &Options) -> Host {
             "--max-concurrent",
             &max_concurrent,
         ])
-        .args(["--max-queued", "1000"])
+        .args(["--max-queued", &max_queued])
         .args(&o.host_args)
         .env("RUST_LOG", "warn,rollout_host::server=info")
         .env_remove("RUST_BACKTRACE")
@@ -310,11 +336,14 @@ const INIT_FIELDS: &str = concat!(
     r#""metadata":{"ground_truth":"5"}"#
 );
 
+#[derive(Default)]
 struct Run {
     wall: Duration,
     init: Vec<Duration>,
     end_to_end: Vec<Duration>,
     errors: usize,
+    /// 429 answers (retried).
+    refused: usize,
     first_error: Option<String>,
 }
 
@@ -327,11 +356,11 @@ async fn drive(
     o: &Options,
 ) -> Run {
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(o.init_parallelism)
+        .pool_max_idle_per_host(o.init_parallelism.unwrap_or(256))
         .build()
         .unwrap();
     let next = Arc::new(AtomicUsize::new(0));
-    let init_slots = Arc::new(Semaphore::new(o.init_parallelism));
+    let init_slots = Arc::new(o.init_parallelism.map(Semaphore::new));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..o.concurrency.min(n.max(1)) {
@@ -347,13 +376,7 @@ async fn drive(
             prefix.to_owned(),
         );
         workers.push(tokio::spawn(async move {
-            let mut run = Run {
-                wall: Duration::ZERO,
-                init: Vec::new(),
-                end_to_end: Vec::new(),
-                errors: 0,
-                first_error: None,
-            };
+            let mut run = Run::default();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n {
@@ -367,15 +390,31 @@ async fn drive(
                     serde_json::to_string(&id).unwrap()
                 );
                 let t0 = Instant::now();
-                let permit = init_slots.acquire().await.unwrap();
-                let sent = client
-                    .post(init_url.as_str())
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                let status = sent.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
-                drop(permit);
+                let (status, sent) = loop {
+                    let permit = match &*init_slots {
+                        Some(slots) => Some(slots.acquire().await.unwrap()),
+                        None => None,
+                    };
+                    let sent = client
+                        .post(init_url.as_str())
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    drop(permit);
+                    let status = sent.as_ref().map(|r| r.status().as_u16()).unwrap_or(0);
+                    if status != 429 {
+                        break (status, sent);
+                    }
+                    // Full: retry after Retry-After, as a trainer does.
+                    run.refused += 1;
+                    let wait = sent
+                        .as_ref()
+                        .ok()
+                        .and_then(|r| r.headers().get("retry-after")?.to_str().ok()?.parse().ok())
+                        .unwrap_or(1);
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                };
                 run.init.push(t0.elapsed());
                 if status != 202 {
                     run.errors += 1;
@@ -406,24 +445,99 @@ async fn drive(
             }
         }));
     }
-    let mut total = Run {
-        wall: Duration::ZERO,
-        init: Vec::new(),
-        end_to_end: Vec::new(),
-        errors: 0,
-        first_error: None,
-    };
+    let mut total = Run::default();
     for w in workers {
         let r = w.await.unwrap();
         total.init.extend(r.init);
         total.end_to_end.extend(r.end_to_end);
         total.errors += r.errors;
+        total.refused += r.refused;
         total.first_error = total.first_error.or(r.first_error);
     }
     total.wall = started.elapsed();
     total.init.sort();
     total.end_to_end.sort();
     total
+}
+
+/// One reading of a long run.
+struct Sample {
+    at: Duration,
+    callbacks: usize,
+    rss_kib: u64,
+    records: u64,
+}
+
+/// Reads the host's RSS and its kept records (/health) every `every` until
+/// `stop`, printing each reading.
+async fn sample(
+    pid: u32,
+    health_url: String,
+    trainer: Arc<Trainer>,
+    every: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<Sample> {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(every).await;
+        let records = match client.get(&health_url).send().await {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|h| h["records"].as_u64())
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        let s = Sample {
+            at: started.elapsed(),
+            callbacks: trainer.callbacks.load(Ordering::Relaxed),
+            rss_kib: process_usage(pid).rss_kib,
+            records,
+        };
+        println!(
+            "  sample  {:>6.0} s  {:>9} callbacks  RSS {:>7.1} MiB  {:>8} records",
+            s.at.as_secs_f64(),
+            s.callbacks,
+            s.rss_kib as f64 / 1024.0,
+            s.records
+        );
+        samples.push(s);
+    }
+    samples
+}
+
+/// What the samples say once the records stopped growing: how flat RSS
+/// stayed, and what a kept record costs.
+fn summarize_soak(samples: &[Sample], rss_before_kib: u64) {
+    let Some(most) = samples.iter().map(|s| s.records).max().filter(|m| *m > 0) else {
+        return;
+    };
+    let capped: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.records * 100 >= most * 99)
+        .collect();
+    let (Some(first), Some(low), Some(high)) = (
+        capped.first(),
+        capped.iter().map(|s| s.rss_kib).min(),
+        capped.iter().map(|s| s.rss_kib).max(),
+    ) else {
+        return;
+    };
+    println!(
+        "  records               {} kept once the cap was reached at {} callbacks;          RSS from then on {:.1}-{:.1} MiB ({:+.1}%)",
+        first.records,
+        first.callbacks,
+        low as f64 / 1024.0,
+        high as f64 / 1024.0,
+        (high as f64 / low as f64 - 1.0) * 100.0
+    );
+    println!(
+        "  bytes per kept record at most {:.0} (RSS growth to the cap / records kept)",
+        first.rss_kib.saturating_sub(rss_before_kib) as f64 * 1024.0 / first.records as f64
+    );
 }
 
 fn pct(sorted: &[Duration], p: f64) -> String {
@@ -476,6 +590,9 @@ fn main() {
         tokio::spawn(async move { axum::serve(listener, app).await });
         trainer_url
     });
+    // All of a step's inits at once take a connection each.
+    rollout_host::runtime::capacity::raise_open_file_limit();
+    let trainer_handle = trainer_runtime.handle().clone();
     runtime.block_on(async move {
         let host = start_host(&plugin, &o);
         let pid = host.child.id();
@@ -487,10 +604,25 @@ fn main() {
         let before = process_usage(pid);
         let bench_before = process_usage(std::process::id());
         let sampler = RssSampler::start(pid);
+        let stop_samples = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let samples = (!o.sample_every.is_zero()).then(|| {
+            trainer_handle.spawn(sample(
+                pid,
+                format!("{}/health", host.url),
+                trainer.clone(),
+                o.sample_every,
+                stop_samples.clone(),
+            ))
+        });
         let run = drive(&host.url, &trainer, &trainer_url, "run", o.rollouts, &o).await;
         let after = process_usage(pid);
         let bench_after = process_usage(std::process::id());
         let (sampled_peak, shmem_at_peak) = sampler.stop();
+        stop_samples.store(true, Ordering::Relaxed);
+        let samples = match samples {
+            Some(task) => task.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
 
         let done = run.end_to_end.len();
         let per_rollout = |d: Duration| d.as_secs_f64() * 1e6 / o.rollouts.max(1) as f64;
@@ -535,9 +667,32 @@ fn main() {
             mib(private_peak),
             mib(shmem_at_peak)
         );
+        summarize_soak(&samples, before.rss_kib);
+        if run.refused > 0 {
+            println!("  429s (retried)        {}", run.refused);
+        }
         println!("  errors                {}", run.errors);
         if let Some(e) = &run.first_error {
             println!("  first error           {e}");
+        }
+        if !o.idle_after.is_zero() {
+            let idle_started = Instant::now();
+            while idle_started.elapsed() < o.idle_after {
+                tokio::time::sleep(Duration::from_secs(10).min(o.idle_after)).await;
+                println!(
+                    "  idle {:>4.0} s           RSS {:.1} MiB",
+                    idle_started.elapsed().as_secs_f64(),
+                    mib(process_usage(pid).rss_kib)
+                );
+            }
+            let idle = process_usage(pid).rss_kib;
+            println!(
+                "  RSS after {} s idle    {:.1} MiB: {:+.0}% of the {:.1} MiB before the run",
+                o.idle_after.as_secs(),
+                mib(idle),
+                (idle as f64 / before.rss_kib as f64 - 1.0) * 100.0,
+                mib(before.rss_kib)
+            );
         }
         drop(host);
         if run.errors > 0 {

@@ -171,17 +171,17 @@ pub struct Cli {
     #[arg(long, env = "ROLLOUT_INSTANCE_ALLOCATOR", value_enum, default_value_t = AllocatorChoice::Auto)]
     pub instance_allocator: AllocatorChoice,
 
-    /// Pages of a finished rollout's memory, stack and table the pooling
-    /// allocator keeps resident for the next one, in KiB per slot: faster
-    /// reuse, but memory reached in a burst is kept. 0 gives it all back.
+    /// Instances whose pooled memory, stack and table stay resident between
+    /// rollouts: up to this many rollouts in flight reuse warm pages (no
+    /// page faults); instances beyond them give their pages back when they
+    /// end, so memory reached in a burst returns. 0: none kept.
     #[arg(
         long,
-        env = "ROLLOUT_POOL_KEEP_RESIDENT_KIB",
-        default_value_t = 0,
-        value_name = "KIB",
-        value_parser = clap::value_parser!(u32).range(0..=65536)
+        env = "ROLLOUT_WARM_SLOTS",
+        default_value_t = 256,
+        value_name = "N"
     )]
-    pub pool_keep_resident_kib: u32,
+    pub warm_slots: u32,
 
     /// Log format on stderr (level filter: RUST_LOG, default info).
     #[arg(long, env = "ROLLOUT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -244,7 +244,7 @@ impl Cli {
             metadata_limit: METADATA_LIMIT,
             shutdown_grace: self.shutdown_grace,
             allocator: self.instance_allocator,
-            keep_resident_bytes: (self.pool_keep_resident_kib as usize) << 10,
+            warm_slots: self.warm_slots,
         }
     }
 }

@@ -64,6 +64,8 @@ struct Records {
     entries: HashMap<Arc<str>, Entry>,
     /// Keys of finished rollouts, in the order they finished.
     finished: VecDeque<(Instant, Arc<str>)>,
+    /// `max_records` finished records were kept once.
+    at_cap: bool,
 }
 
 impl Records {
@@ -151,6 +153,15 @@ impl IdempotencyStore {
             *finished = true;
         }
         records.finished.push_back((Instant::now(), key));
+        if records.finished.len() == self.max_records && !records.at_cap {
+            // From here on every record in comes with one out. A hash table
+            // churning like that keeps its size only below half full (its
+            // tombstones are then cleared in place); size it so now rather
+            // than by a doubling some time later.
+            records.at_cap = true;
+            let len = records.entries.len();
+            records.entries.reserve(len);
+        }
         while records.finished.len() > self.max_records && records.drop_oldest() {}
     }
 

@@ -11,8 +11,10 @@
 //! - [`debug_log`]: the per-rollout `.jsonl` debug log;
 //! - [`fault`]: contained panics (and a debug-build hook that injects them);
 //! - [`validate`]: `--validate`, checking a plugin without serving;
-//! - [`cli`]: command-line flags.
+//! - [`cli`]: command-line flags;
+//! - [`allocator`]: giving freed heap memory back to the OS.
 
+pub mod allocator;
 pub mod cli;
 pub mod debug_log;
 pub mod fault;

@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    rollout_host::runtime::capacity::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal, never in a log file.
@@ -38,31 +39,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    raise_open_file_limit();
+    rollout_host::runtime::capacity::raise_open_file_limit();
     match rollout_host::server::serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rollout-host: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Each rollout in flight holds a connection to the trainer: lift the soft
-/// limit on open files to the hard one, as servers for many connections do.
-fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                tracing::warn!("cannot raise the open-file limit");
-            }
         }
     }
 }

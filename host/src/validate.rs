@@ -71,7 +71,7 @@ pub fn validate(
             limits,
             instance_slots: 2,
             allocator,
-            keep_resident_bytes: 0,
+            warm_slots: 0,
         })?);
         let loaded = runtime.load(plugin).await?;
         let (_, tools) = loaded

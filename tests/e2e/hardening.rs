@@ -179,7 +179,14 @@ async fn past_its_capacity_the_server_answers_429_never_500() {
     // must find that out at start and keep to it.
     let server = Server::start_command(
         &plugin("calc"),
-        &["--max-concurrent", "1000", "--max-queued", "1000"],
+        &[
+            "--max-concurrent",
+            "1000",
+            "--max-queued",
+            "1000",
+            "--warm-slots",
+            "16",
+        ],
         with_address_space(1 << 40),
     );
     let (_, health) = server.get("/health", None).await;
@@ -278,4 +285,54 @@ async fn records_past_the_cap_go_oldest_first() {
             .count()
     };
     assert_eq!((count("rec-1"), count("rec-3")), (2, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_the_kernel_refuses_is_a_retryable_429() {
+    let trainer = Trainer::calculator("add", 5.0, 3.0, "8").await;
+    // On-demand instances map their memory at init, one by one.
+    let server = Server::start("calc", &["--instance-allocator", "on-demand"]);
+    let (done, _) = run(&server, &trainer, "room-1").await;
+    assert_eq!(done["status"], "COMPLETED");
+    // Leave the process 2 GiB more address space than it uses: enough for
+    // its heap, not for an instance's 4 GiB reservation.
+    let pid = server.pid() as libc::pid_t;
+    let set_limit = |bytes: u64| {
+        let limit = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: prlimit reads the struct we pass and writes nothing.
+        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_AS, &limit, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let vm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    set_limit((vm_kib << 10) + (2 << 30));
+    let response = client()
+        .post(format!("{}/v1/rollout/init", server.url))
+        .header("content-type", "application/json")
+        .body(init_body("room-2", &trainer).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    let answer: Value = response.json().await.unwrap();
+    let detail = answer["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(&format!(
+            "rollout-host has no room for another instance of plugin {} now (",
+            build_label("calc", "calculator")
+        )),
+        "{detail}"
+    );
+    // Room again: the trainer's retry goes through.
+    set_limit(libc::RLIM_INFINITY);
+    let (done, _) = run(&server, &trainer, "room-2").await;
+    assert_eq!(done["status"], "COMPLETED");
 }

@@ -140,7 +140,7 @@ async fn health_reports_the_agent_and_counts() {
     assert_eq!(
         health,
         json!({"status": "healthy", "agent_loop": "calculator", "active_rollouts": 0,
-               "completed_rollouts": 0, "capacity": capacity})
+               "completed_rollouts": 0, "records": 0, "capacity": capacity})
     );
     // 100 running + 1000 queued by default, within what the machine holds.
     assert_eq!(

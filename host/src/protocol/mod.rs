@@ -2,6 +2,8 @@
 //! bodies and the FastAPI-shaped error body. Nothing here knows about wasm;
 //! a later protocol version can sit beside this module.
 
+#[cfg(test)]
+mod fuzz;
 mod messages;
 mod request;
 mod response;

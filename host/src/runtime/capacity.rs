@@ -2,8 +2,8 @@
 //! the kernel's limits at start-up, so the server refuses work it cannot
 //! take (429, retryable) instead of failing it (500).
 //!
-//! What one live instance costs (wasmtime's pooling allocator, measured by
-//! the e2e test `a_rollout_in_flight_costs_at_most_six_mappings`):
+//! What one live instance costs (wasmtime's pooling allocator; the mappings
+//! are checked by the e2e test `past_its_capacity_the_server_answers_429_never_500`):
 //! - memory mappings: its fiber stack and the stack's guard page (2, made
 //!   for every slot of the pool at start), and its linear memory split into
 //!   zero-filled pages, the copy-on-write image of its data and the
@@ -14,6 +14,9 @@
 //! - resident memory: the host's state of a rollout in flight (HTTP
 //!   connection, store, instance, touched stack and guest pages), about
 //!   [`RESIDENT_PER_INSTANCE`] for a small agent.
+//! - open files: its connection to the trainer, and the connection its init
+//!   came on ([`FILES_PER_INSTANCE`]; the server lifts its open-file limit
+//!   as far as the kernel lets it at start).
 
 use std::fmt;
 
@@ -24,6 +27,10 @@ pub const MAPPINGS_PER_INSTANCE: usize = 6;
 const MAPPINGS_RESERVE: usize = 2048;
 /// Resident memory counted per rollout in flight.
 pub const RESIDENT_PER_INSTANCE: u64 = 256 << 10;
+/// Open files one rollout in flight can hold.
+pub const FILES_PER_INSTANCE: u64 = 2;
+/// Open files kept free for the listener, logs and plugin files.
+const FILES_RESERVE: u64 = 256;
 /// The user address space of a 64-bit Linux process (47 bits).
 const USER_ADDRESS_SPACE: u64 = 1 << 47;
 
@@ -48,6 +55,7 @@ pub enum Bound {
     MapCount,
     AddressSpace,
     Memory,
+    OpenFiles,
 }
 
 impl Bound {
@@ -56,6 +64,7 @@ impl Bound {
             Bound::MapCount => "vm.max_map_count",
             Bound::AddressSpace => "address space",
             Bound::Memory => "memory",
+            Bound::OpenFiles => "open-file limit",
         }
     }
 
@@ -67,6 +76,7 @@ impl Bound {
                 "raise the address-space limit (`ulimit -v`) or lower --max-memory-mib"
             }
             Bound::Memory => "give the server more memory",
+            Bound::OpenFiles => "raise it with `ulimit -n` (or LimitNOFILE= in a systemd unit)",
         }
     }
 }
@@ -103,6 +113,8 @@ pub struct MachineFacts {
     /// Memory available to the process (`MemAvailable`, or the cgroup's
     /// limit less its use when lower).
     pub memory_available: u64,
+    /// `RLIMIT_NOFILE` (soft).
+    pub open_files: u64,
 }
 
 impl MachineFacts {
@@ -125,7 +137,8 @@ impl MachineFacts {
         Self {
             max_map_count,
             mappings_now,
-            address_space: address_space_limit().min(USER_ADDRESS_SPACE),
+            open_files: rlimit(libc::RLIMIT_NOFILE),
+            address_space: rlimit(libc::RLIMIT_AS).min(USER_ADDRESS_SPACE),
             address_space_used,
             memory_available,
         }
@@ -141,10 +154,12 @@ impl MachineFacts {
         let free_space = self.address_space.saturating_sub(self.address_space_used);
         let by_address = (free_space - free_space / 8) / reservation.per_instance().max(1);
         let by_memory = self.memory_available / RESIDENT_PER_INSTANCE;
+        let by_files = self.open_files.saturating_sub(FILES_RESERVE) / FILES_PER_INSTANCE;
         let (instances, bound, limit) = [
             (by_maps, Bound::MapCount, self.max_map_count),
             (by_address, Bound::AddressSpace, self.address_space),
             (by_memory, Bound::Memory, self.memory_available),
+            (by_files, Bound::OpenFiles, self.open_files),
         ]
         .into_iter()
         .min_by_key(|(n, _, _)| *n)
@@ -157,6 +172,55 @@ impl MachineFacts {
     }
 }
 
+/// Each rollout in flight holds a connection to the trainer, and a step's
+/// inits arrive on as many connections: lift the open-file limit as far as
+/// the kernel allows this process (the hard limit too, when privileged),
+/// else the soft limit to the hard one, as servers for many connections do.
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let most = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|n| n.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(0);
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if most > limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: most,
+                rlim_max: most,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return;
+            }
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("cannot raise the open-file limit");
+            }
+        }
+    }
+}
+
+/// Keeps this process's memory in 4 KiB pages. With transparent huge
+/// pages, khugepaged fills any 2 MiB region of the heap that has one page
+/// in use to a whole huge page, in the background: an idle server's RSS
+/// then grows by itself (measured: +20 MiB a minute after a burst), and
+/// memory a burst freed never returns.
+pub fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 /// A `Key:   N kB` line of a /proc status file, in KiB.
 fn status_kib(path: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
@@ -164,13 +228,14 @@ fn status_kib(path: &str, key: &str) -> Option<u64> {
     line[key.len()..].split_whitespace().next()?.parse().ok()
 }
 
-fn address_space_limit() -> u64 {
+/// A resource's soft limit (`u64::MAX` when unlimited or unknown).
+fn rlimit(resource: libc::__rlimit_resource_t) -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes the struct we pass.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) };
+    let rc = unsafe { libc::getrlimit(resource, &mut limit) };
     if rc != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
         u64::MAX
     } else {
@@ -195,6 +260,7 @@ mod tests {
             address_space: USER_ADDRESS_SPACE,
             address_space_used: 1 << 30,
             memory_available: 24 << 30,
+            open_files: 1 << 20,
         }
     }
 
@@ -225,6 +291,12 @@ mod tests {
         };
         assert_eq!(small.capacity(RESERVATION).bound, Bound::Memory);
         assert_eq!(small.capacity(RESERVATION).instances, 2048);
+        let few_files = MachineFacts {
+            open_files: 1024,
+            ..facts()
+        };
+        assert_eq!(few_files.capacity(RESERVATION).bound, Bound::OpenFiles);
+        assert_eq!(few_files.capacity(RESERVATION).instances, 384);
     }
 
     #[test]

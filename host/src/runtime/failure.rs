@@ -155,11 +155,15 @@ pub fn classify(err: &wasmtime::Error, store: &mut Store<StoreState>) -> Failure
 /// The instance pool was full or the kernel refused memory (`ENOMEM`: no
 /// memory, or `vm.max_map_count` reached).
 fn is_out_of_room(err: &wasmtime::Error) -> bool {
+    // wasmtime reports mprotect failures as `io::Error` and mmap failures
+    // as rustix's `Errno`, whose text is the same as io::Error's.
+    let enomem = format!("(os error {})", libc::ENOMEM);
     err.chain().any(|cause| {
         cause.is::<wasmtime::PoolConcurrencyLimitError>()
             || cause
                 .downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.raw_os_error() == Some(libc::ENOMEM))
+            || cause.to_string().ends_with(&enomem)
     })
 }
 

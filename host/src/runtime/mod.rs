@@ -21,6 +21,7 @@ use bindings::exports::osmosis::rollout::agent::Guest as AgentExports;
 pub use bindings::osmosis::rollout::types::RolloutRequest as WitRolloutRequest;
 use state::StoreState;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -41,9 +42,10 @@ pub struct RuntimeConfig {
     pub instance_slots: u32,
     /// Which instance allocator to use.
     pub allocator: AllocatorChoice,
-    /// Bytes of each pooled memory, stack and table kept resident between
-    /// instances.
-    pub keep_resident_bytes: usize,
+    /// Instances that keep their pages resident between rollouts (a pool
+    /// of their own; the fast path). Instances beyond them come from the
+    /// main pool, whose slots give their pages back when they end.
+    pub warm_slots: u32,
 }
 
 /// Address space of each instance's linear memory (wasmtime's default for
@@ -111,10 +113,34 @@ pub enum LoadError {
     Engine(String),
 }
 
-/// The wasm engine and the host functions linked into every instance.
-pub struct Runtime {
+/// An engine (with its instance allocator) and the host functions linked
+/// for it.
+struct Pool {
     engine: Engine,
     linker: Linker<StoreState>,
+}
+
+impl Pool {
+    fn new(engine: Engine) -> Result<Self, LoadError> {
+        limits::spawn_epoch_ticker(engine.weak());
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        bindings::RolloutAgent::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        Ok(Self { engine, linker })
+    }
+}
+
+/// The wasm runtime: a small warm pool whose slots keep their pages
+/// resident between rollouts (reusing them costs no page faults: the steady
+/// state), and the main pool for everything beyond it, whose slots give
+/// their pages back when an instance ends (so a burst's memory returns once
+/// it is over). wasmtime never trims an idle slot, so this split is what
+/// bounds the memory kept: `warm_slots` x what one rollout touches.
+pub struct Runtime {
+    main: Pool,
+    warm: Option<(Pool, WarmSlots)>,
     allocator: Allocator,
     config: RuntimeConfig,
     heavy_lane: fair_share::HeavyLane,
@@ -122,16 +148,18 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
-        let (engine, allocator) = new_engine(&config)?;
-        limits::spawn_epoch_ticker(engine.weak());
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| LoadError::Engine(e.to_string()))?;
-        bindings::RolloutAgent::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)
-            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        let (engine, allocator) = new_engine(&config, config.instance_slots, Keep::NOTHING)?;
+        let main = Pool::new(engine)?;
+        let warm = match (allocator, config.warm_slots) {
+            (Allocator::Pooling, slots) if slots > 0 => {
+                let (engine, _) = new_engine(&config, slots, Keep::WARM)?;
+                Some((Pool::new(engine)?, WarmSlots::new(slots as usize)))
+            }
+            _ => None,
+        };
         Ok(Self {
-            engine,
-            linker,
+            main,
+            warm,
             allocator,
             config,
             heavy_lane: fair_share::HeavyLane::for_this_machine(),
@@ -154,29 +182,35 @@ impl Runtime {
             return Err(LoadError::NotAComponent { path });
         }
         let sha256 = sha256_hex(&bytes);
-        let engine = self.engine.clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, bytes))
-            .await
-            .map_err(|e| LoadError::Engine(e.to_string()))?
-            .map_err(|e| LoadError::Invalid {
-                path: path.clone(),
-                reason: one_line(&e),
-            })?;
-        check_exports(&self.engine, &component, &path)?;
-        let pre =
-            self.linker
-                .instantiate_pre(&component)
-                .map_err(|e| LoadError::UnsatisfiedImport {
-                    path: path.clone(),
-                    reason: one_line(&e),
-                })?;
-        let pre = RolloutAgentPre::new(pre).map_err(|e| LoadError::MissingExport {
+        let engine = self.main.engine.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            let component = Component::new(&engine, bytes)?;
+            let serialized = component.serialize()?;
+            Ok::<_, wasmtime::Error>((component, serialized))
+        })
+        .await
+        .map_err(|e| LoadError::Engine(e.to_string()))?
+        .map_err(|e| LoadError::Invalid {
             path: path.clone(),
-            found: one_line(&e),
+            reason: one_line(&e),
         })?;
+        let (component, serialized) = compiled;
+        check_exports(&self.main.engine, &component, &path)?;
+        let main = prepare(&self.main, &component, &path)?;
+        let warm = match &self.warm {
+            None => None,
+            Some((pool, _)) => {
+                // SAFETY: the bytes are this process's own serialization of
+                // the component, for an engine with the same settings.
+                let component = unsafe { Component::deserialize(&pool.engine, &serialized) }
+                    .map_err(|e| LoadError::Engine(one_line(&e)))?;
+                Some(prepare(pool, &component, &path)?)
+            }
+        };
         let mut plugin = Plugin {
             runtime: self.clone(),
-            pre,
+            main,
+            warm,
             name: String::new(),
             label: format!("@{}", &sha256[..7]).into(),
             shared_tools: Mutex::default(),
@@ -198,7 +232,96 @@ impl Runtime {
     }
 }
 
-fn new_engine(config: &RuntimeConfig) -> Result<(Engine, Allocator), LoadError> {
+/// A component pre-instantiated for one pool.
+struct Placement {
+    pre: RolloutAgentPre<StoreState>,
+    engine: Engine,
+}
+
+fn prepare(pool: &Pool, component: &Component, path: &Path) -> Result<Placement, LoadError> {
+    let pre = pool
+        .linker
+        .instantiate_pre(component)
+        .map_err(|e| LoadError::UnsatisfiedImport {
+            path: path.to_owned(),
+            reason: one_line(&e),
+        })?;
+    let pre = RolloutAgentPre::new(pre).map_err(|e| LoadError::MissingExport {
+        path: path.to_owned(),
+        found: one_line(&e),
+    })?;
+    Ok(Placement {
+        pre,
+        engine: pool.engine.clone(),
+    })
+}
+
+/// What a pooled slot keeps resident when its instance ends.
+#[derive(Debug, Clone, Copy)]
+struct Keep {
+    stack: usize,
+    memory: usize,
+    table: usize,
+}
+
+impl Keep {
+    /// Everything given back: memory follows the instances alive.
+    const NOTHING: Keep = Keep {
+        stack: 0,
+        memory: 0,
+        table: 0,
+    };
+    /// What a small agent's rollout touches, kept for the next one (with
+    /// the PAGEMAP_SCAN ioctl, Linux >= 6.7, only the dirtied pages are
+    /// reset in place): no madvise and no page faults per rollout, which on
+    /// this project's VM is about half the host's CPU per rollout (a small
+    /// agent touches ~32 KiB of linear memory and ~29 KiB of stack). At
+    /// most `warm_slots` x 352 KiB stays resident.
+    const WARM: Keep = Keep {
+        stack: 32 << 10,
+        memory: 256 << 10,
+        table: 64 << 10,
+    };
+}
+
+/// Places in the warm pool, taken by instances and given back on drop.
+struct WarmSlots {
+    limit: usize,
+    in_use: Arc<AtomicUsize>,
+}
+
+impl WarmSlots {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            in_use: Arc::default(),
+        }
+    }
+
+    fn try_take(&self) -> Option<WarmSlot> {
+        self.in_use
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WarmSlot(self.in_use.clone()))
+    }
+}
+
+/// An instance's place in the warm pool.
+struct WarmSlot(Arc<AtomicUsize>);
+
+impl Drop for WarmSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn new_engine(
+    config: &RuntimeConfig,
+    slots: u32,
+    keep: Keep,
+) -> Result<(Engine, Allocator), LoadError> {
     let limits = &config.limits;
     let mut wasm = Config::new();
     wasm.wasm_component_model(true);
@@ -212,8 +335,13 @@ fn new_engine(config: &RuntimeConfig) -> Result<(Engine, Allocator), LoadError> 
     // (beyond what is kept resident) instead of keeping every stack's
     // deepest use resident (a trap's unwinding touches ~80 KiB).
     wasm.async_stack_zeroing(true);
-    let keep = config.keep_resident_bytes;
-    let slots = config.instance_slots.max(1);
+    let slots = slots.max(1);
+    // The main pool reuses the least recently used slot rather than a cold
+    // one, so the slots ever touched (and their mappings) stay bounded by
+    // the peak number of instances, not the pool's size. The warm pool
+    // reuses the most recently used one, so the slots keeping pages are
+    // as few as the rollouts in flight.
+    let warm_slots_kept = if keep.memory > 0 { slots } else { 0 };
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
         .total_core_instances(slots.saturating_mul(8))
@@ -223,19 +351,10 @@ fn new_engine(config: &RuntimeConfig) -> Result<(Engine, Allocator), LoadError> 
         .total_memories(slots)
         .total_tables(slots.saturating_mul(8))
         .total_stacks(slots)
-        // What a finished instance's slot keeps resident for the next one
-        // (`--pool-keep-resident-kib`). Kept pages make reuse cheaper (with
-        // the PAGEMAP_SCAN ioctl, Linux >= 6.7, only the dirtied ones are
-        // reset in place), but wasmtime never trims an idle slot: every
-        // slot a burst touched would keep them. By default all are given
-        // back, so memory follows the rollouts in flight.
-        .async_stack_keep_resident(keep)
-        .linear_memory_keep_resident(keep)
-        .table_keep_resident(keep)
-        // Reuse the least recently used slot rather than a cold one, so the
-        // slots ever touched (and their mappings) stay bounded by the peak
-        // number of instances, not the pool's size.
-        .max_unused_warm_slots(0)
+        .async_stack_keep_resident(keep.stack)
+        .linear_memory_keep_resident(keep.memory)
+        .table_keep_resident(keep.table)
+        .max_unused_warm_slots(warm_slots_kept)
         .pagemap_scan(Enabled::Auto)
         .max_memory_size(limits.max_memory_bytes);
     if config.allocator != AllocatorChoice::OnDemand {
@@ -307,7 +426,9 @@ pub(crate) fn one_line(e: &wasmtime::Error) -> String {
 /// rollout.
 pub struct Plugin {
     runtime: Arc<Runtime>,
-    pre: RolloutAgentPre<StoreState>,
+    main: Placement,
+    /// The same component in the warm pool.
+    warm: Option<Placement>,
     name: String,
     /// sha256 of the component file, hex.
     sha256: String,
@@ -359,9 +480,19 @@ impl Plugin {
         }
     }
 
-    fn new_store(&self, host: RolloutHost) -> Store<StoreState> {
+    /// Where a new instance goes: the warm pool while it has room.
+    fn place(&self) -> (&Placement, Option<WarmSlot>) {
+        if let (Some(warm), Some((_, slots))) = (&self.warm, &self.runtime.warm)
+            && let Some(slot) = slots.try_take()
+        {
+            return (warm, Some(slot));
+        }
+        (&self.main, None)
+    }
+
+    fn new_store(&self, host: RolloutHost, engine: &Engine) -> Store<StoreState> {
         let limits = &self.runtime.config.limits;
-        let mut store = Store::new(&self.runtime.engine, StoreState::new(host, limits));
+        let mut store = Store::new(engine, StoreState::new(host, limits));
         store.limiter(|s| &mut s.limiter);
         // Called every epoch tick while the guest executes: stop it once its
         // CPU time is over budget, else yield to the async runtime so one
@@ -390,13 +521,15 @@ impl Plugin {
     /// Creates an instance and calls nothing in it (what `start` does
     /// before `get-tools`; benchmarks measure it alone).
     pub async fn instantiate(&self, host: RolloutHost) -> Result<Instance, GuestError> {
-        let mut store = self.new_store(host);
+        let (place, warm) = self.place();
+        let mut store = self.new_store(host, &place.engine);
         let meter = store.data().meter.clone();
-        match meter.measure(self.pre.instantiate_async(&mut store)).await {
+        match meter.measure(place.pre.instantiate_async(&mut store)).await {
             Ok(agent) => Ok(Instance {
                 store,
                 agent,
                 plugin: self.label.clone(),
+                _warm: warm,
             }),
             Err(e) => Err(self.error(Stage::Start, failure::classify(&e, &mut store))),
         }
@@ -409,14 +542,15 @@ impl Plugin {
         host: RolloutHost,
         request: &WitRolloutRequest,
     ) -> Result<(Instance, Vec<Tool>), GuestError> {
-        let mut store = self.new_store(host);
+        let (place, warm) = self.place();
+        let mut store = self.new_store(host, &place.engine);
         let meter = store.data().meter.clone();
         let deadline = self.runtime.config.limits.wall_clock;
         let mut stage = Stage::Start;
         let started = tokio::time::timeout(
             deadline,
             meter.measure(async {
-                let agent = self.pre.instantiate_async(&mut store).await?;
+                let agent = place.pre.instantiate_async(&mut store).await?;
                 stage = Stage::GetTools;
                 let tools = agent
                     .osmosis_rollout_agent()
@@ -445,6 +579,7 @@ impl Plugin {
             store,
             agent,
             plugin: self.label.clone(),
+            _warm: warm,
         };
         Ok((instance, tools))
     }
@@ -455,6 +590,9 @@ pub struct Instance {
     store: Store<StoreState>,
     agent: bindings::RolloutAgent,
     plugin: Arc<str>,
+    /// Dropped after `store` (field order), so the warm pool's slot is free
+    /// before its place is given back.
+    _warm: Option<WarmSlot>,
 }
 
 impl Instance {

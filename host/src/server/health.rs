@@ -30,6 +30,7 @@ fn body(app: &App) -> Response {
         "agent_loop": app.plugin.current().name(),
         "active_rollouts": app.places.taken(),
         "completed_rollouts": app.stats.completed.load(Ordering::Relaxed),
+        "records": app.idempotency.len(),
         "capacity": {
             "rollouts": app.capacity,
             "running": app.max_concurrent,

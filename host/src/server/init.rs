@@ -6,7 +6,7 @@ use crate::fault;
 use crate::idempotency::{self, Claim, InitAnswer, InitOutcome, Ticket};
 use crate::protocol::{Message, RolloutRequest, json_text, message_texts, parse_init_request};
 use crate::rollout;
-use crate::runtime::{HostCallLimits, RolloutHost, TrainerLink, WitRolloutRequest};
+use crate::runtime::{Failure, HostCallLimits, RolloutHost, TrainerLink, WitRolloutRequest};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -153,7 +153,13 @@ async fn admit_and_start(
     let plugin = app.plugin.current();
     let (instance, tools) = plugin.start(host, &wit_request).await.map_err(|e| {
         tracing::error!(rollout_id = %request.rollout_id, plugin = %plugin.label(), error = %e, "init failed");
-        refusal(500, &e.to_string())
+        // No room for the instance is the server's state, not the
+        // plugin's fault: retryable, like a full server.
+        let status = match e.failure {
+            Failure::NoRoom(_) => 429,
+            _ => 500,
+        };
+        refusal(status, &e.to_string())
     })?;
     let answer = InitAnswer {
         rollout_id: request.rollout_id.as_str().into(),

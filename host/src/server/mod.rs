@@ -8,6 +8,7 @@ mod swap;
 
 pub use admission::{Admission, Places};
 
+use crate::allocator;
 use crate::debug_log::DebugLog;
 use crate::fault;
 use crate::idempotency::IdempotencyStore;
@@ -53,8 +54,8 @@ pub struct ServerConfig {
     /// Per-rollout limits of the plugin.
     pub limits: Limits,
     pub allocator: AllocatorChoice,
-    /// Bytes of each pooled slot kept resident between instances.
-    pub keep_resident_bytes: usize,
+    /// Instances whose pages stay resident between rollouts.
+    pub warm_slots: u32,
     /// How long an idle connection to the trainer is kept.
     pub trainer_idle_timeout: Duration,
     /// Largest init body read.
@@ -135,12 +136,14 @@ pub fn serve(config: ServerConfig) -> Result<(), ServerError> {
     let front = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("http")
+        .on_thread_park(allocator::release_freed_memory)
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;
     let guests = tokio::runtime::Builder::new_multi_thread()
         .thread_name("plugin")
         .on_thread_start(lower_thread_priority)
+        .on_thread_park(allocator::release_freed_memory)
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;
@@ -170,7 +173,7 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         limits: config.limits.clone(),
         instance_slots: 0,
         allocator: config.allocator,
-        keep_resident_bytes: config.keep_resident_bytes,
+        warm_slots: config.warm_slots,
     };
     let machine = MachineFacts::read().capacity(runtime_config.reservation());
     let capacity = admissible(&config, machine);
@@ -233,6 +236,12 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     tracing::info!("listening on http://{local}");
 
     let expiry = tokio::spawn(expire_records(app.idempotency.clone(), config.record_ttl));
+    // Wake each runtime's threads now and then, so a thread that went idle
+    // right after freeing memory parks again and gives it back.
+    let heartbeats = [
+        tokio::spawn(allocator::heartbeat()),
+        app.guests.spawn(allocator::heartbeat()),
+    ];
     let mut reloads = vec![tokio::spawn(swap::reload_on_hangup(app.clone(), hangups))];
     if config.reload {
         reloads.push(tokio::spawn(swap::reload_on_change(
@@ -251,6 +260,7 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         .await
         .map_err(ServerError::Serve)?;
     expiry.abort();
+    heartbeats.iter().for_each(|h| h.abort());
     reloads.iter().for_each(|r| r.abort());
     drain(&app, config.shutdown_grace).await;
     Ok(())
@@ -264,7 +274,11 @@ const INSTANCE_HEADROOM: usize = 64;
 /// ask for, lowered to what the machine holds, with one line saying so.
 fn admissible(config: &ServerConfig, machine: MachineCapacity) -> usize {
     let asked = config.max_concurrent.saturating_add(config.max_queued);
-    let holds = machine.instances.saturating_sub(INSTANCE_HEADROOM).max(1);
+    // The warm pool's slots take mappings and address space too.
+    let holds = machine
+        .instances
+        .saturating_sub(INSTANCE_HEADROOM + config.warm_slots as usize)
+        .max(1);
     if asked <= holds {
         return asked;
     }
