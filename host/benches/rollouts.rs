@@ -510,8 +510,9 @@ async fn sample(
 }
 
 /// What the samples say once the records stopped growing: how flat RSS
-/// stayed, and what a kept record costs.
-fn summarize_soak(samples: &[Sample], rss_before_kib: u64) {
+/// stayed, and what a kept record costs (the RSS slope between the first
+/// reading and the first at the cap, both under the same load).
+fn summarize_soak(samples: &[Sample]) {
     let Some(most) = samples.iter().map(|s| s.records).max().filter(|m| *m > 0) else {
         return;
     };
@@ -519,7 +520,8 @@ fn summarize_soak(samples: &[Sample], rss_before_kib: u64) {
         .iter()
         .filter(|s| s.records * 100 >= most * 99)
         .collect();
-    let (Some(first), Some(low), Some(high)) = (
+    let (Some(start), Some(first), Some(low), Some(high)) = (
+        samples.first(),
         capped.first(),
         capped.iter().map(|s| s.rss_kib).min(),
         capped.iter().map(|s| s.rss_kib).max(),
@@ -527,17 +529,23 @@ fn summarize_soak(samples: &[Sample], rss_before_kib: u64) {
         return;
     };
     println!(
-        "  records               {} kept once the cap was reached at {} callbacks;          RSS from then on {:.1}-{:.1} MiB ({:+.1}%)",
+        "  records               {} kept once the cap was reached at {} callbacks; \
+         RSS from then on {:.1}-{:.1} MiB ({:+.1}%)",
         first.records,
         first.callbacks,
         low as f64 / 1024.0,
         high as f64 / 1024.0,
         (high as f64 / low as f64 - 1.0) * 100.0
     );
-    println!(
-        "  bytes per kept record at most {:.0} (RSS growth to the cap / records kept)",
-        first.rss_kib.saturating_sub(rss_before_kib) as f64 * 1024.0 / first.records as f64
-    );
+    if first.records > start.records {
+        println!(
+            "  bytes per kept record {:.0} (RSS growth / records added, from {} to {} records)",
+            first.rss_kib.saturating_sub(start.rss_kib) as f64 * 1024.0
+                / (first.records - start.records) as f64,
+            start.records,
+            first.records
+        );
+    }
 }
 
 fn pct(sorted: &[Duration], p: f64) -> String {
@@ -667,7 +675,7 @@ fn main() {
             mib(private_peak),
             mib(shmem_at_peak)
         );
-        summarize_soak(&samples, before.rss_kib);
+        summarize_soak(&samples);
         if run.refused > 0 {
             println!("  429s (retried)        {}", run.refused);
         }
