@@ -28,8 +28,9 @@ pub enum InitOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct InitAnswer {
     pub rollout_id: Arc<str>,
-    /// The JSON array of the plugin's tools, shared between rollouts.
-    pub tools: Arc<str>,
+    /// The JSON array of the plugin's tools, shared between rollouts (an
+    /// `Arc<String>`: a thin pointer keeps a record small).
+    pub tools: Arc<String>,
 }
 
 impl InitAnswer {
@@ -52,9 +53,9 @@ enum Entry {
     /// Accepted: the rollout is running, or has finished (then the key is
     /// in the finished queue).
     Accepted {
-        /// The rollout id, when it is not the key itself.
-        rollout_id: Option<Arc<str>>,
-        tools: Arc<str>,
+        /// The rollout id, when it is not the key itself (rare).
+        rollout_id: Option<Box<Arc<str>>>,
+        tools: Arc<String>,
         finished: bool,
     },
 }
@@ -62,8 +63,9 @@ enum Entry {
 #[derive(Default)]
 struct Records {
     entries: HashMap<Arc<str>, Entry>,
-    /// Keys of finished rollouts, in the order they finished.
-    finished: VecDeque<(Instant, Arc<str>)>,
+    /// Keys of finished rollouts, in the order they finished, with when
+    /// (tenths of a second since the store was made).
+    finished: VecDeque<(u32, Arc<str>)>,
     /// `max_records` finished records were kept once.
     at_cap: bool,
 }
@@ -95,6 +97,8 @@ pub enum Claim {
 pub struct IdempotencyStore {
     records: Arc<Mutex<Records>>,
     max_records: usize,
+    /// The origin of the finished queue's times.
+    started: Instant,
 }
 
 impl IdempotencyStore {
@@ -103,7 +107,13 @@ impl IdempotencyStore {
         Self {
             records: Arc::default(),
             max_records,
+            started: Instant::now(),
         }
+    }
+
+    /// Tenths of a second since the store was made (13 years fit).
+    fn now(&self) -> u32 {
+        u32::try_from(self.started.elapsed().as_millis() / 100).unwrap_or(u32::MAX)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
@@ -118,7 +128,7 @@ impl IdempotencyStore {
                 rollout_id, tools, ..
             }) => {
                 let answer = InitAnswer {
-                    rollout_id: rollout_id.clone().unwrap_or_else(|| key.into()),
+                    rollout_id: rollout_id.as_deref().cloned().unwrap_or_else(|| key.into()),
                     tools: tools.clone(),
                 };
                 Claim::Done(answer.body())
@@ -152,7 +162,8 @@ impl IdempotencyStore {
         if let Some(Entry::Accepted { finished, .. }) = records.entries.get_mut(&key) {
             *finished = true;
         }
-        records.finished.push_back((Instant::now(), key));
+        let now = self.now();
+        records.finished.push_back((now, key));
         if records.finished.len() == self.max_records && !records.at_cap {
             // From here on every record in comes with one out. A hash table
             // churning like that keeps its size only below half full (its
@@ -167,10 +178,12 @@ impl IdempotencyStore {
 
     /// Drops records whose rollout ended `ttl` ago or more; returns how many.
     pub fn expire(&self, ttl: Duration) -> usize {
+        let ttl = u32::try_from(ttl.as_millis() / 100).unwrap_or(u32::MAX);
+        let now = self.now();
         let mut records = self.lock();
         let mut dropped = 0;
         while let Some((at, _)) = records.finished.front() {
-            if at.elapsed() < ttl {
+            if now.saturating_sub(*at) < ttl {
                 break;
             }
             records.drop_oldest();
@@ -210,7 +223,8 @@ impl Ticket {
     /// Accepted: the rollout runs, and duplicates get `answer`.
     pub fn accept(mut self, answer: &InitAnswer) -> Bytes {
         let body = answer.body();
-        let rollout_id = (answer.rollout_id != self.key).then(|| answer.rollout_id.clone());
+        let rollout_id =
+            (answer.rollout_id != self.key).then(|| Box::new(answer.rollout_id.clone()));
         self.settle(
             InitOutcome::Accepted(body.clone()),
             Some(Entry::Accepted {
@@ -268,7 +282,7 @@ mod tests {
     fn answer(id: &str) -> InitAnswer {
         InitAnswer {
             rollout_id: id.into(),
-            tools: "[]".into(),
+            tools: Arc::new("[]".to_owned()),
         }
     }
 

@@ -265,6 +265,16 @@ async fn records_past_the_cap_go_oldest_first() {
         answers.push(answer);
         trainer.single_completion(id).await;
     }
+    // The host notes a rollout finished just after its callback is
+    // delivered: wait until two records are left.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.get("/health", None).await.1["records"] != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "records never came down to the cap"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // rec-3's record is kept: the duplicate gets the same bytes, no run.
     let (status, again) = server
         .init_raw(init_body("rec-3", &trainer).to_string().into_bytes(), None)

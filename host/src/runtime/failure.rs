@@ -95,16 +95,6 @@ impl fmt::Display for GuestError {
     }
 }
 
-impl GuestError {
-    /// The limit behind the failure, if one was.
-    pub fn limit(&self) -> Option<&LimitExceeded> {
-        match &self.failure {
-            Failure::Limit(limit) => Some(limit),
-            _ => None,
-        }
-    }
-}
-
 /// The limit behind `err`, if any: a host function's or the epoch
 /// callback's `LimitExceeded`, a refused memory growth (Rust turns it into
 /// an `unreachable` trap), or a stack overflow.

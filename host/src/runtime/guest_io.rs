@@ -40,13 +40,19 @@ impl OutputBudget {
         })
     }
 
-    /// Takes `cost` from the budget if it is all there.
+    /// Takes `cost` from the budget if it is all there; once it is not,
+    /// the budget is spent (later output is only counted).
     fn take(&self, cost: usize) -> bool {
-        self.left
+        let taken = self
+            .left
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
                 left.checked_sub(cost)
             })
-            .is_ok()
+            .is_ok();
+        if !taken {
+            self.left.store(0, Ordering::Relaxed);
+        }
+        taken
     }
 
     fn drop_bytes(&self, n: usize) {

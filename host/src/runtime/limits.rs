@@ -239,7 +239,7 @@ impl CpuMeter {
 }
 
 /// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`).
-pub fn thread_cpu_time() -> Duration {
+fn thread_cpu_time() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -436,7 +436,7 @@ pub struct Plugin {
     /// messages and logs.
     label: Arc<str>,
     /// The last tool list (JSON) a rollout got: most get the same one.
-    shared_tools: Mutex<Option<Arc<str>>>,
+    shared_tools: Mutex<Option<Arc<String>>>,
     path: PathBuf,
 }
 
@@ -444,11 +444,6 @@ impl Plugin {
     /// The agent's name (from its `name` export).
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// sha256 of the plugin file (hex).
-    pub fn sha256(&self) -> &str {
-        &self.sha256
     }
 
     /// The build, as messages name it: `calculator@3f9a1c2`.
@@ -459,13 +454,13 @@ impl Plugin {
     /// The tool list `tools` encodes to, as JSON text shared with the last
     /// rollout that got the same list (a kept init answer then costs a
     /// pointer, not a copy).
-    pub fn shared_tools(&self, tools: &[Tool]) -> Result<Arc<str>, serde_json::Error> {
+    pub fn shared_tools(&self, tools: &[Tool]) -> Result<Arc<String>, serde_json::Error> {
         let text = serde_json::to_string(tools)?;
         let mut shared = self.shared_tools.lock().unwrap_or_else(|p| p.into_inner());
         match &*shared {
-            Some(same) if **same == *text => Ok(same.clone()),
+            Some(same) if **same == text => Ok(same.clone()),
             _ => {
-                let text: Arc<str> = text.into();
+                let text = Arc::new(text);
                 *shared = Some(text.clone());
                 Ok(text)
             }

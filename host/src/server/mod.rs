@@ -186,7 +186,7 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     let plugin = runtime.load(&config.plugin).await?;
     tracing::info!(
         plugin = %config.plugin.display(),
-        agent = plugin.name(),
+        build = %plugin.label(),
         allocator = ?runtime.allocator(),
         "plugin loaded"
     );

@@ -54,8 +54,8 @@ impl PluginSlot {
         );
         tracing::info!(
             plugin = %self.path.display(),
-            agent = plugin.name(),
-            previous = old.name(),
+            build = %plugin.label(),
+            previous = %old.label(),
             "plugin swapped: new rollouts run the new plugin, running ones finish on theirs"
         );
         Ok(plugin)
