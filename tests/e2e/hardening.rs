@@ -72,6 +72,10 @@ async fn a_plugin_flooding_stdout_logs_at_most_its_output_budget() {
         "the rollout is unharmed: {done}"
     );
     let log = server.log();
+    assert!(
+        !log.contains('\u{1b}'),
+        "stderr is a pipe here: plain text, no colour codes"
+    );
     let grown = &log[before..];
     let budget = 64 << 10;
     assert!(
