@@ -47,16 +47,19 @@ impl InitAnswer {
     }
 }
 
+/// A key's record: 16 bytes beside its key. Whether an accepted rollout
+/// has finished is told by the finished queue alone: its [`Finished`] token
+/// puts the key there exactly once, and only the queue takes the record out.
 enum Entry {
-    /// The first request is computing the answer.
-    Pending(watch::Receiver<Option<InitOutcome>>),
+    /// The first request is computing the answer (boxed: it is short-lived
+    /// and twice the size of a kept record).
+    Pending(Box<watch::Receiver<Option<InitOutcome>>>),
     /// Accepted: the rollout is running, or has finished (then the key is
     /// in the finished queue).
     Accepted {
+        tools: Arc<String>,
         /// The rollout id, when it is not the key itself (rare).
         rollout_id: Option<Box<Arc<str>>>,
-        tools: Arc<String>,
-        finished: bool,
     },
 }
 
@@ -76,9 +79,7 @@ impl Records {
         let Some((_, key)) = self.finished.pop_front() else {
             return false;
         };
-        if let Some(Entry::Accepted { finished: true, .. }) = self.entries.get(&key) {
-            self.entries.remove(&key);
-        }
+        self.entries.remove(&key);
         true
     }
 }
@@ -123,7 +124,7 @@ impl IdempotencyStore {
     pub fn claim(&self, key: &str) -> Claim {
         let mut records = self.lock();
         match records.entries.get(key) {
-            Some(Entry::Pending(rx)) => Claim::Wait(rx.clone()),
+            Some(Entry::Pending(rx)) => Claim::Wait((**rx).clone()),
             Some(Entry::Accepted {
                 rollout_id, tools, ..
             }) => {
@@ -136,7 +137,9 @@ impl IdempotencyStore {
             None => {
                 let (tx, rx) = watch::channel(None);
                 let key: Arc<str> = key.into();
-                records.entries.insert(key.clone(), Entry::Pending(rx));
+                records
+                    .entries
+                    .insert(key.clone(), Entry::Pending(Box::new(rx)));
                 Claim::New(Ticket {
                     store: self.clone(),
                     key,
@@ -146,23 +149,11 @@ impl IdempotencyStore {
         }
     }
 
-    /// The rollout of `key` has ended: its record is kept for the TTL, or
-    /// until `max_records` newer ones are.
-    pub fn finish(&self, key: &str) {
-        let mut records = self.lock();
-        let key = match records.entries.get_key_value(key) {
-            Some((
-                key,
-                Entry::Accepted {
-                    finished: false, ..
-                },
-            )) => key.clone(),
-            _ => return,
-        };
-        if let Some(Entry::Accepted { finished, .. }) = records.entries.get_mut(&key) {
-            *finished = true;
-        }
+    /// The rollout of `key` has ended (called once, by its [`Finished`]):
+    /// its record is kept for the TTL, or until `max_records` newer ones are.
+    fn finish(&self, key: Arc<str>) {
         let now = self.now();
+        let mut records = self.lock();
         records.finished.push_back((now, key));
         if records.finished.len() == self.max_records && !records.at_cap {
             // From here on every record in comes with one out. A hash table
@@ -216,24 +207,24 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// Accepted: the rollout runs, and duplicates get `answer`.
-    pub fn accept(mut self, answer: &InitAnswer) -> Bytes {
+    /// Accepted: duplicates get `answer` from now on. The rollout ends its
+    /// record's life with the returned token, so start it only after this.
+    pub fn accept(mut self, answer: &InitAnswer) -> (Bytes, Finished) {
         let body = answer.body();
         let rollout_id =
             (answer.rollout_id != self.key).then(|| Box::new(answer.rollout_id.clone()));
         self.settle(
             InitOutcome::Accepted(body.clone()),
             Some(Entry::Accepted {
-                rollout_id,
                 tools: answer.tools.clone(),
-                finished: false,
+                rollout_id,
             }),
         );
-        body
+        let finished = Finished {
+            store: self.store.clone(),
+            key: self.key.clone(),
+        };
+        (body, finished)
     }
 
     /// Refused: the key is forgotten, waiters get the same refusal.
@@ -257,6 +248,23 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.settle(interrupted(), None);
+    }
+}
+
+/// An accepted rollout's duty to say it has ended, once: by
+/// [`Finished::done`], or when dropped (a task that never got there).
+pub struct Finished {
+    store: IdempotencyStore,
+    key: Arc<str>,
+}
+
+impl Finished {
+    pub fn done(self) {}
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.store.finish(self.key.clone());
     }
 }
 
@@ -286,11 +294,16 @@ mod tests {
         }
     }
 
-    fn accept(store: &IdempotencyStore, key: &str) -> Bytes {
+    fn accept(store: &IdempotencyStore, key: &str) -> Finished {
         let Claim::New(ticket) = store.claim(key) else {
             panic!("{key}: first claim must be new")
         };
-        ticket.accept(&answer(key))
+        ticket.accept(&answer(key)).1
+    }
+
+    #[test]
+    fn a_record_is_sixteen_bytes_beside_its_key() {
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
     }
 
     #[tokio::test]
@@ -302,11 +315,11 @@ mod tests {
         let Claim::Wait(rx) = store.claim("k") else {
             panic!("second claim must wait")
         };
-        let first = ticket.accept(&answer("r-1"));
+        let (first, finished) = ticket.accept(&answer("r-1"));
         assert_eq!(&first[..], br#"{"rollout_id":"r-1","tools":[]}"#);
         assert_eq!(wait(rx).await, InitOutcome::Accepted(first.clone()));
         assert!(matches!(store.claim("k"), Claim::Done(b) if b == first));
-        store.finish("k");
+        finished.done();
         assert!(matches!(store.claim("k"), Claim::Done(b) if b == first));
     }
 
@@ -323,12 +336,11 @@ mod tests {
     #[test]
     fn records_expire_only_after_the_run_ended_in_finish_order() {
         let store = IdempotencyStore::new(10);
-        accept(&store, "a");
-        accept(&store, "b");
+        let a = accept(&store, "a");
+        let b = accept(&store, "b");
         assert_eq!(store.expire(Duration::ZERO), 0, "running rollouts are kept");
-        store.finish("b");
-        store.finish("a");
-        store.finish("a");
+        b.done();
+        drop(a); // a rollout task that ended without saying so
         assert_eq!(store.expire(Duration::from_secs(3600)), 0);
         assert_eq!(store.expire(Duration::ZERO), 2);
         assert!(store.is_empty());
@@ -338,12 +350,9 @@ mod tests {
     #[test]
     fn the_oldest_finished_records_go_past_the_cap() {
         let store = IdempotencyStore::new(2);
-        for key in ["a", "b", "c", "running"] {
-            accept(&store, key);
-        }
-        for key in ["a", "b", "c"] {
-            store.finish(key);
-        }
+        let finished: Vec<Finished> = ["a", "b", "c"].iter().map(|k| accept(&store, k)).collect();
+        let _running = accept(&store, "running");
+        finished.into_iter().for_each(Finished::done);
         assert_eq!(store.len(), 3, "a was dropped; running rollouts never are");
         assert!(matches!(store.claim("a"), Claim::New(_)));
         assert!(matches!(store.claim("b"), Claim::Done(_)));

@@ -6,6 +6,7 @@
 //! `POST /v1/rollout/completed`.
 
 use crate::fault;
+use crate::idempotency::Finished;
 use crate::protocol::{RolloutRequest, RolloutResponse, RolloutStatus, split_messages};
 use crate::runtime::{Completion, GuestError, Instance, Plugin, RolloutHost, WitRolloutRequest};
 use crate::server::{Admission, App};
@@ -53,9 +54,8 @@ impl Outcome {
     }
 }
 
-/// What a rollout task needs.
-pub struct Accepted {
-    pub key: String,
+/// What a rollout task needs, made before its init is answered.
+pub struct Starting {
     pub request: RolloutRequest,
     pub endpoints: Arc<Endpoints>,
     pub wit_request: WitRolloutRequest,
@@ -67,17 +67,17 @@ pub struct Accepted {
     pub admission: Admission,
 }
 
-/// Runs the agent and sends the callback.
-pub async fn run(app: Arc<App>, accepted: Accepted) {
-    let Accepted {
-        key,
+/// Runs the agent and sends the callback; then `finished` starts the
+/// rollout's idempotency record's TTL.
+pub async fn run(app: Arc<App>, starting: Starting, finished: Finished) {
+    let Starting {
         request,
         endpoints,
         wit_request,
         instance,
         plugin,
         admission,
-    } = accepted;
+    } = starting;
     let span = tracing::info_span!(
         "rollout",
         rollout_id = %request.rollout_id,
@@ -128,7 +128,7 @@ pub async fn run(app: Arc<App>, accepted: Accepted) {
             Ok(status) => tracing::debug!(%status, "completion delivered"),
             Err(e) => tracing::error!(error = %e, "completion callback not delivered"),
         }
-        app.idempotency.finish(&key);
+        finished.done();
         app.stats.completed.fetch_add(1, Ordering::Relaxed);
         drop(admission);
     }

@@ -90,12 +90,9 @@ fn error_body(message: &str) -> Bytes {
 
 /// First request for its key: admit, instantiate, get tools, start the run.
 async fn accept(app: Arc<App>, request: RolloutRequest, ticket: Ticket) -> InitOutcome {
-    match admit_and_start(&app, request, ticket.key().to_owned()).await {
-        Ok(answer) => InitOutcome::Accepted(ticket.accept(&answer)),
-        Err((status, body)) => {
-            ticket.fail(status, body.clone());
-            InitOutcome::Failed { status, body }
-        }
+    match admit_and_start(&app, request, ticket).await {
+        Ok(body) => InitOutcome::Accepted(body),
+        Err((status, body)) => InitOutcome::Failed { status, body },
     }
 }
 
@@ -106,11 +103,34 @@ fn refusal(status: u16, message: &str) -> Refusal {
     (status, error_body(message))
 }
 
+/// Resolves `ticket` either way: refused, or accepted before the run starts
+/// (so the run can only end a record that exists).
 async fn admit_and_start(
     app: &Arc<App>,
+    request: RolloutRequest,
+    ticket: Ticket,
+) -> Result<Bytes, Refusal> {
+    match prepare(app, request).await {
+        Ok((answer, accepted)) => {
+            let (body, finished) = ticket.accept(&answer);
+            tracing::debug!(rollout_id = %answer.rollout_id, "rollout accepted");
+            app.tasks
+                .spawn_on(rollout::run(app.clone(), accepted, finished), &app.guests);
+            Ok(body)
+        }
+        Err((status, body)) => {
+            ticket.fail(status, body.clone());
+            Err((status, body))
+        }
+    }
+}
+
+/// Admits the rollout and asks its instance for the tools: its answer and
+/// everything its run needs but the record's token.
+async fn prepare(
+    app: &Arc<App>,
     mut request: RolloutRequest,
-    key: String,
-) -> Result<InitAnswer, Refusal> {
+) -> Result<(InitAnswer, rollout::Starting), Refusal> {
     if app.shutdown.is_cancelled() || app.tasks.is_closed() {
         return Err(refusal(503, "rollout-host is shutting down"));
     }
@@ -167,23 +187,15 @@ async fn admit_and_start(
             .shared_tools(&tools)
             .map_err(|e| refusal(500, &format!("cannot encode the init response: {e}")))?,
     };
-    tracing::debug!(rollout_id = %request.rollout_id, "rollout accepted");
-    app.tasks.spawn_on(
-        rollout::run(
-            app.clone(),
-            rollout::Accepted {
-                key,
-                request,
-                endpoints,
-                wit_request,
-                instance,
-                plugin,
-                admission,
-            },
-        ),
-        &app.guests,
-    );
-    Ok(answer)
+    let starting = rollout::Starting {
+        request,
+        endpoints,
+        wit_request,
+        instance,
+        plugin,
+        admission,
+    };
+    Ok((answer, starting))
 }
 
 fn wit_request(r: &RolloutRequest, messages: &[Message]) -> WitRolloutRequest {
