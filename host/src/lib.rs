@@ -5,6 +5,7 @@
 //! - [`protocol`]: the v1 wire format (init validation, response bodies);
 //! - [`server`]: the HTTP endpoints, auth and admission;
 //! - [`idempotency`]: duplicate inits share one answer and one run;
+//! - [`places`]: bounded counts whose places are guards (admission, warm pool);
 //! - [`rollout`]: one accepted rollout, from `run` to its one callback;
 //! - [`trainer`]: calls to the trainer (chat, completion callback, retries);
 //! - [`runtime`]: wasmtime engine, plugin loading, host functions;
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod debug_log;
 pub mod fault;
 pub mod idempotency;
+pub mod places;
 pub mod protocol;
 pub mod rollout;
 pub mod runtime;

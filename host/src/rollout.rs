@@ -7,9 +7,10 @@
 
 use crate::fault;
 use crate::idempotency::Finished;
+use crate::places::Place;
 use crate::protocol::{RolloutRequest, RolloutResponse, RolloutStatus, split_messages};
 use crate::runtime::{Completion, GuestError, Instance, Plugin, RolloutHost, WitRolloutRequest};
-use crate::server::{Admission, App};
+use crate::server::App;
 use crate::trainer::Endpoints;
 use futures_util::FutureExt;
 use serde_json::value::RawValue;
@@ -64,7 +65,7 @@ pub struct Starting {
     pub plugin: Arc<Plugin>,
     /// The rollout's place in the server, given back when this task ends
     /// (a panic included).
-    pub admission: Admission,
+    pub admission: Place,
 }
 
 /// Runs the agent and sends the callback; then `finished` starts the

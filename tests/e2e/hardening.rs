@@ -116,7 +116,10 @@ async fn panics_free_their_place_and_still_answer() {
     let label = build_label("calc", "calculator");
     for point in ["handler", "admission", "rollout"] {
         let mut command = Command::new(host_binary());
-        command.env("ROLLOUT_HOST_TEST_PANIC", format!("{point}:panic-"));
+        command.env(
+            rollout_host::fault::TEST_PANIC_VAR,
+            format!("{point}:panic-"),
+        );
         // One place in all: a leaked one would turn the next init into 429.
         let server = Server::start_command(
             &plugin("calc"),

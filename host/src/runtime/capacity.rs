@@ -18,8 +18,6 @@
 //!   came on ([`FILES_PER_INSTANCE`]; the server lifts its open-file limit
 //!   as far as the kernel lets it at start).
 
-use std::fmt;
-
 /// Memory mappings one live instance can add.
 pub const MAPPINGS_PER_INSTANCE: usize = 6;
 /// Mappings kept free for everything else the process maps (allocator
@@ -88,18 +86,6 @@ pub struct MachineCapacity {
     pub bound: Bound,
     /// The limit's value (mappings, bytes of address space or of memory).
     pub limit: u64,
-}
-
-impl fmt::Display for MachineCapacity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} instances ({} is {})",
-            self.instances,
-            self.bound.name(),
-            self.limit
-        )
-    }
 }
 
 /// What the kernel says about this process now.

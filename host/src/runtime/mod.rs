@@ -15,13 +15,13 @@ pub use limits::{LimitExceeded, Limits};
 
 pub use state::{Completion, HostCallLimits, RolloutHost, TrainerLink};
 
+use crate::places::{Place, Places};
 use crate::protocol::Tool;
 use bindings::RolloutAgentPre;
 use bindings::exports::osmosis::rollout::agent::Guest as AgentExports;
 pub use bindings::osmosis::rollout::types::RolloutRequest as WitRolloutRequest;
 use state::StoreState;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -140,7 +140,8 @@ impl Pool {
 /// bounds the memory kept: `warm_slots` x what one rollout touches.
 pub struct Runtime {
     main: Pool,
-    warm: Option<(Pool, WarmSlots)>,
+    /// The warm pool and its places (`warm_slots` of them).
+    warm: Option<(Pool, Places)>,
     allocator: Allocator,
     config: RuntimeConfig,
     heavy_lane: fair_share::HeavyLane,
@@ -153,7 +154,7 @@ impl Runtime {
         let warm = match (allocator, config.warm_slots) {
             (Allocator::Pooling, slots) if slots > 0 => {
                 let (engine, _) = new_engine(&config, slots, Keep::WARM)?;
-                Some((Pool::new(engine)?, WarmSlots::new(slots as usize)))
+                Some((Pool::new(engine)?, Places::default()))
             }
             _ => None,
         };
@@ -282,39 +283,6 @@ impl Keep {
         memory: 256 << 10,
         table: 64 << 10,
     };
-}
-
-/// Places in the warm pool, taken by instances and given back on drop.
-struct WarmSlots {
-    limit: usize,
-    in_use: Arc<AtomicUsize>,
-}
-
-impl WarmSlots {
-    fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            in_use: Arc::default(),
-        }
-    }
-
-    fn try_take(&self) -> Option<WarmSlot> {
-        self.in_use
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| WarmSlot(self.in_use.clone()))
-    }
-}
-
-/// An instance's place in the warm pool.
-struct WarmSlot(Arc<AtomicUsize>);
-
-impl Drop for WarmSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 fn new_engine(
@@ -476,9 +444,9 @@ impl Plugin {
     }
 
     /// Where a new instance goes: the warm pool while it has room.
-    fn place(&self) -> (&Placement, Option<WarmSlot>) {
-        if let (Some(warm), Some((_, slots))) = (&self.warm, &self.runtime.warm)
-            && let Some(slot) = slots.try_take()
+    fn place(&self) -> (&Placement, Option<Place>) {
+        if let (Some(warm), Some((_, places))) = (&self.warm, &self.runtime.warm)
+            && let Some(slot) = places.try_take(self.runtime.config.warm_slots as usize)
         {
             return (warm, Some(slot));
         }
@@ -587,7 +555,7 @@ pub struct Instance {
     plugin: Arc<str>,
     /// Dropped after `store` (field order), so the warm pool's slot is free
     /// before its place is given back.
-    _warm: Option<WarmSlot>,
+    _warm: Option<Place>,
 }
 
 impl Instance {

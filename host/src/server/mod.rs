@@ -1,17 +1,15 @@
 //! The HTTP side: routes, shared state, start-up and graceful shutdown.
 
-mod admission;
 mod auth;
 mod health;
 mod init;
 mod swap;
 
-pub use admission::{Admission, Places};
-
 use crate::allocator;
 use crate::debug_log::DebugLog;
 use crate::fault;
 use crate::idempotency::IdempotencyStore;
+use crate::places::Places;
 use crate::runtime::capacity::{MachineCapacity, MachineFacts};
 use crate::runtime::{AllocatorChoice, Limits, LoadError, Runtime, RuntimeConfig};
 use crate::trainer::{RetryPolicy, TrainerClient};

@@ -1,12 +1,12 @@
-//! Admission: a rollout's place among those the server holds (running or
-//! waiting for a slot). A place is a guard: it is given back when dropped,
-//! on every path out of init and of the rollout task, a panic included, so
-//! no failure can leak capacity.
+//! A bounded count of places, each taken as a guard that gives it back when
+//! dropped, on every path, a panic included, so no failure can leak one.
+//! Admission uses it for the rollouts the server holds (running or waiting
+//! for a slot), the runtime for the slots of its warm instance pool.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Places taken, shared by the server and every guard.
+/// Places taken, shared by the holder and every guard.
 #[derive(Debug, Default, Clone)]
 pub struct Places {
     taken: Arc<AtomicUsize>,
@@ -14,13 +14,13 @@ pub struct Places {
 
 impl Places {
     /// Takes a place if fewer than `capacity` are taken.
-    pub fn try_take(&self, capacity: usize) -> Option<Admission> {
+    pub fn try_take(&self, capacity: usize) -> Option<Place> {
         self.taken
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < capacity).then_some(n + 1)
             })
             .ok()
-            .map(|_| Admission {
+            .map(|_| Place {
                 taken: self.taken.clone(),
             })
     }
@@ -31,13 +31,13 @@ impl Places {
     }
 }
 
-/// One rollout's place; given back on drop.
+/// One place; given back on drop.
 #[derive(Debug)]
-pub struct Admission {
+pub struct Place {
     taken: Arc<AtomicUsize>,
 }
 
-impl Drop for Admission {
+impl Drop for Place {
     fn drop(&mut self) {
         self.taken.fetch_sub(1, Ordering::AcqRel);
     }
@@ -58,7 +58,7 @@ mod tests {
         let held = places.try_take(2).unwrap();
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             let _held = held;
-            panic!("in a rollout");
+            panic!("while holding a place");
         }));
         assert!(panicked.is_err());
         assert_eq!(places.taken(), 1, "the panic gave its place back");
