@@ -3,20 +3,53 @@
 use crate::runtime::{AllocatorChoice, Limits};
 use crate::server::ServerConfig;
 use crate::trainer::RetryPolicy;
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// Serve the Remote Rollout protocol with an agent loop compiled to a
-/// WebAssembly component. Every flag can also be set with the environment
-/// variable shown.
+/// WebAssembly component, or try one on a dataset (`rollout-host test`).
+/// Every flag can also be set with the environment variable shown.
 #[derive(Debug, Parser)]
-#[command(name = "rollout-host", version, about, max_term_width = 100)]
+#[command(
+    name = "rollout-host",
+    version,
+    about,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Without a subcommand, rollout-host serves.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the Remote Rollout protocol (what `rollout-host --plugin P` does).
+    Serve(ServeArgs),
+    /// Run a plugin over a dataset against an OpenAI-compatible LLM, as a
+    /// trainer would run it: same sandbox, limits and host calls.
+    Test(Box<TestArgs>),
+}
+
+impl Cli {
+    /// What to do: `serve` unless a subcommand says otherwise.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Serve(self.serve))
+    }
+}
+
+/// Flags of `rollout-host serve` (and of `rollout-host` alone).
+#[derive(Debug, Args)]
+pub struct ServeArgs {
     /// The agent plugin: a wasm component built against wit/rollout.wit.
-    #[arg(long, env = "ROLLOUT_PLUGIN", value_name = "PATH")]
-    pub plugin: PathBuf,
+    #[arg(long, env = "ROLLOUT_PLUGIN", value_name = "PATH", required = true)]
+    pub plugin: Option<PathBuf>,
 
     /// Swap in the plugin file again whenever it changes (checked every
     /// 0.5 s), without a restart: running rollouts finish on the plugin they
@@ -80,6 +113,42 @@ pub struct Cli {
     #[arg(long, env = "ROLLOUT_TRAINER_IDLE_TIMEOUT", default_value = "30", value_name = "SECS", value_parser = seconds)]
     pub trainer_idle_timeout: Duration,
 
+    /// Retries of the completion callback after 5xx, timeouts and transport errors.
+    #[arg(long, env = "ROLLOUT_COMPLETION_RETRIES", default_value_t = 2)]
+    pub completion_retries: u32,
+
+    #[command(flatten)]
+    pub chat: ChatArgs,
+
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+
+    /// On SIGTERM/SIGINT, seconds to let running rollouts finish before
+    /// ending them with an ERROR callback.
+    #[arg(long, env = "ROLLOUT_SHUTDOWN_GRACE", default_value = "30", value_name = "SECS", value_parser = seconds)]
+    pub shutdown_grace: Duration,
+
+    /// Instances whose pooled memory, stack and table stay resident between
+    /// rollouts: up to this many rollouts in flight reuse warm pages (no
+    /// page faults); instances beyond them give their pages back when they
+    /// end, so memory reached in a burst returns. 0: none kept.
+    #[arg(
+        long,
+        env = "ROLLOUT_WARM_SLOTS",
+        default_value_t = 256,
+        value_name = "N"
+    )]
+    pub warm_slots: u32,
+
+    /// Log format on stderr (level filter: RUST_LOG, default info).
+    #[arg(long, env = "ROLLOUT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Chat calls: timeouts and retries (serving and test mode).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Chat calls")]
+pub struct ChatArgs {
     /// Per-attempt timeout of a chat call to the trainer, in seconds.
     #[arg(long, env = "ROLLOUT_CHAT_TIMEOUT", default_value = "300", value_name = "SECS", value_parser = seconds)]
     pub chat_timeout: Duration,
@@ -88,10 +157,6 @@ pub struct Cli {
     #[arg(long, env = "ROLLOUT_CHAT_RETRIES", default_value_t = 3)]
     pub chat_retries: u32,
 
-    /// Retries of the completion callback after 5xx, timeouts and transport errors.
-    #[arg(long, env = "ROLLOUT_COMPLETION_RETRIES", default_value_t = 2)]
-    pub completion_retries: u32,
-
     /// First retry delay in seconds; doubles per attempt up to --retry-max-delay.
     #[arg(long, env = "ROLLOUT_RETRY_BASE_DELAY", default_value = "1", value_name = "SECS", value_parser = seconds)]
     pub retry_base_delay: Duration,
@@ -99,7 +164,12 @@ pub struct Cli {
     /// Longest retry delay in seconds.
     #[arg(long, env = "ROLLOUT_RETRY_MAX_DELAY", default_value = "30", value_name = "SECS", value_parser = seconds)]
     pub retry_max_delay: Duration,
+}
 
+/// The sandbox's limits on one rollout (serving and test mode).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Sandbox limits")]
+pub struct SandboxArgs {
     /// Linear memory cap of one rollout's plugin instance, in MiB.
     #[arg(long, env = "ROLLOUT_MAX_MEMORY_MIB", default_value_t = 256, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_memory_mib: u32,
@@ -161,31 +231,10 @@ pub struct Cli {
     )]
     pub max_final_messages_mib: u32,
 
-    /// On SIGTERM/SIGINT, seconds to let running rollouts finish before
-    /// ending them with an ERROR callback.
-    #[arg(long, env = "ROLLOUT_SHUTDOWN_GRACE", default_value = "30", value_name = "SECS", value_parser = seconds)]
-    pub shutdown_grace: Duration,
-
     /// Instance allocator: pooling is faster and reserves address space up
     /// front; auto probes for it and falls back to on-demand.
     #[arg(long, env = "ROLLOUT_INSTANCE_ALLOCATOR", value_enum, default_value_t = AllocatorChoice::Auto)]
     pub instance_allocator: AllocatorChoice,
-
-    /// Instances whose pooled memory, stack and table stay resident between
-    /// rollouts: up to this many rollouts in flight reuse warm pages (no
-    /// page faults); instances beyond them give their pages back when they
-    /// end, so memory reached in a burst returns. 0: none kept.
-    #[arg(
-        long,
-        env = "ROLLOUT_WARM_SLOTS",
-        default_value_t = 256,
-        value_name = "N"
-    )]
-    pub warm_slots: u32,
-
-    /// Log format on stderr (level filter: RUST_LOG, default info).
-    #[arg(long, env = "ROLLOUT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -208,10 +257,131 @@ fn seconds(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("'{text}' is not a non-negative number of seconds"))
 }
 
-impl Cli {
+/// Flags of `rollout-host test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The agent plugin: a wasm component built against wit/rollout.wit.
+    #[arg(long, env = "ROLLOUT_PLUGIN", value_name = "PATH")]
+    pub plugin: PathBuf,
+
+    /// The dataset: .json (array of objects), .jsonl, .csv or .parquet, with
+    /// the columns system_prompt, user_prompt and ground_truth; other
+    /// columns go into each rollout's metadata.
+    #[arg(short = 'd', long, value_name = "PATH")]
+    pub dataset: PathBuf,
+
+    /// The model. A known provider prefix picks its endpoint and key
+    /// variable (openai/gpt-4o, anthropic/..., openrouter/..., groq/...);
+    /// any other name goes as is to --base-url.
+    #[arg(short = 'm', long, default_value = "gpt-4o")]
+    pub model: String,
+
+    /// An OpenAI-compatible API, version path included
+    /// (http://localhost:8000/v1): the host posts to {base-url}/chat/completions.
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+
+    /// The LLM's API key (default: the provider's environment variable,
+    /// e.g. OPENAI_API_KEY).
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+
+    /// Rows to run (default: all from --offset).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+
+    /// Rows to skip first.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub offset: usize,
+
+    /// The rollout's max_turns (LLM calls the agent may make).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_turns: u32,
+
+    /// max_tokens of each LLM call (default: the provider's).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u32>,
+
+    /// Sampling temperature (default: the provider's).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+
+    /// Rows in flight at once.
+    #[arg(short = 'c', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+
+    /// Runs of each row; the summary gives pass@k for k up to N.
+    #[arg(long = "n", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub runs: u32,
+
+    /// A run passes when its reward is at least this.
+    #[arg(long, default_value_t = 1.0)]
+    pub pass_threshold: f64,
+
+    /// Write the results (JSON) to FILE, the finished rows' even after Ctrl-C.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Each row's debug log (the plugin's log-events) under
+    /// DIR/<start-unix-time>/test-<row>.jsonl.
+    #[arg(long, value_name = "DIR")]
+    pub debug: Option<PathBuf>,
+
+    /// No progress, only the summary.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+
+    /// Step through rollouts in the terminal: pause before each LLM call
+    /// (n: next call, c: continue to the end, m: messages, t: tools, q: quit).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+
+    /// With -i: the row to start at (default: --offset).
+    #[arg(long, value_name = "N", requires = "interactive")]
+    pub row: Option<usize>,
+
+    #[command(flatten)]
+    pub chat: ChatArgs,
+
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+impl ChatArgs {
+    /// The retry policy of chat calls (completion callbacks: `completion_retries`).
+    pub fn retry_policy(&self, completion_retries: u32) -> RetryPolicy {
+        RetryPolicy {
+            chat_timeout: self.chat_timeout,
+            chat_retries: self.chat_retries,
+            completion_retries,
+            base_delay: self.retry_base_delay,
+            max_delay: self.retry_max_delay,
+            ..RetryPolicy::default()
+        }
+    }
+}
+
+impl SandboxArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_memory_bytes: (self.max_memory_mib as usize) << 20,
+            cpu_budget: self.cpu_budget,
+            wall_clock: self.rollout_timeout,
+            max_wasm_stack_bytes: (self.max_wasm_stack_kib as usize) << 10,
+            chat_calls_per_turn: self.chat_calls_per_turn,
+            max_log_event_bytes: (self.max_log_event_kib as usize) << 10,
+            max_history_bytes: (self.max_history_mib as usize) << 20,
+            max_final_messages_bytes: (self.max_final_messages_mib as usize) << 20,
+            max_guest_output_bytes: (self.max_guest_output_kib as usize) << 10,
+        }
+    }
+}
+
+impl ServeArgs {
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
-            plugin: self.plugin.clone(),
+            // clap requires --plugin when serving.
+            plugin: self.plugin.clone().unwrap_or_default(),
             reload: self.reload,
             bind: SocketAddr::new(self.host, self.port),
             api_key: self.api_key.clone().filter(|k| !k.is_empty()),
@@ -221,29 +391,12 @@ impl Cli {
             record_ttl: self.record_ttl,
             max_records: usize::try_from(self.max_records).unwrap_or(usize::MAX),
             trainer_idle_timeout: self.trainer_idle_timeout,
-            retry: RetryPolicy {
-                chat_timeout: self.chat_timeout,
-                chat_retries: self.chat_retries,
-                completion_retries: self.completion_retries,
-                base_delay: self.retry_base_delay,
-                max_delay: self.retry_max_delay,
-                ..RetryPolicy::default()
-            },
-            limits: Limits {
-                max_memory_bytes: (self.max_memory_mib as usize) << 20,
-                cpu_budget: self.cpu_budget,
-                wall_clock: self.rollout_timeout,
-                max_wasm_stack_bytes: (self.max_wasm_stack_kib as usize) << 10,
-                chat_calls_per_turn: self.chat_calls_per_turn,
-                max_log_event_bytes: (self.max_log_event_kib as usize) << 10,
-                max_history_bytes: (self.max_history_mib as usize) << 20,
-                max_final_messages_bytes: (self.max_final_messages_mib as usize) << 20,
-                max_guest_output_bytes: (self.max_guest_output_kib as usize) << 10,
-            },
+            retry: self.chat.retry_policy(self.completion_retries),
+            limits: self.sandbox.limits(),
             max_body_bytes: MAX_BODY_BYTES,
             metadata_limit: METADATA_LIMIT,
             shutdown_grace: self.shutdown_grace,
-            allocator: self.instance_allocator,
+            allocator: self.sandbox.instance_allocator,
             warm_slots: self.warm_slots,
         }
     }
@@ -253,10 +406,15 @@ impl Cli {
 mod tests {
     use super::*;
 
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(args).map(Cli::into_command)
+    }
+
     #[test]
     fn flags_parse() {
-        Cli::command_debug_assert();
-        let cli = Cli::try_parse_from([
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let Command::Serve(serve) = parse(&[
             "rollout-host",
             "--plugin",
             "x.wasm",
@@ -265,18 +423,73 @@ mod tests {
             "--retry-base-delay",
             "0.05",
         ])
-        .unwrap();
-        assert_eq!(cli.port, 8080);
-        assert_eq!(cli.retry_base_delay, Duration::from_millis(50));
-        assert!(
-            Cli::try_parse_from(["rollout-host", "--plugin", "x", "--chat-timeout", "-1"]).is_err()
-        );
+        .unwrap() else {
+            panic!("serves without a subcommand")
+        };
+        assert_eq!(serve.port, 8080);
+        assert_eq!(serve.chat.retry_base_delay, Duration::from_millis(50));
+        assert!(parse(&["rollout-host", "--plugin", "x", "--chat-timeout", "-1"]).is_err());
+        // `serve` is a synonym; --plugin is required either way.
+        assert!(matches!(
+            parse(&["rollout-host", "serve", "--plugin", "x"]),
+            Ok(Command::Serve(s)) if s.plugin == Some("x".into())
+        ));
+        assert!(parse(&["rollout-host"]).is_err());
+        assert!(parse(&["rollout-host", "serve"]).is_err());
     }
 
-    impl Cli {
-        fn command_debug_assert() {
-            use clap::CommandFactory;
-            Cli::command().debug_assert();
-        }
+    #[test]
+    fn test_flags_parse() {
+        let Command::Test(test) = parse(&[
+            "rollout-host",
+            "test",
+            "--plugin",
+            "calc.wasm",
+            "-d",
+            "calc.jsonl",
+            "--n",
+            "4",
+            "-c",
+            "8",
+            "--cpu-budget",
+            "2",
+            "-m",
+            "openai/gpt-4o-mini",
+        ])
+        .unwrap() else {
+            panic!("test subcommand")
+        };
+        assert_eq!((test.runs, test.concurrency, test.max_turns), (4, 8, 10));
+        assert_eq!(test.sandbox.limits().cpu_budget, Duration::from_secs(2));
+        assert_eq!(test.model, "openai/gpt-4o-mini");
+        // --row needs -i; the dataset is required.
+        assert!(
+            parse(&[
+                "rollout-host",
+                "test",
+                "--plugin",
+                "p",
+                "-d",
+                "d",
+                "--row",
+                "2"
+            ])
+            .is_err()
+        );
+        assert!(parse(&["rollout-host", "test", "--plugin", "p"]).is_err());
+        // Serving flags are not test flags.
+        assert!(
+            parse(&[
+                "rollout-host",
+                "test",
+                "--plugin",
+                "p",
+                "-d",
+                "d",
+                "--port",
+                "1"
+            ])
+            .is_err()
+        );
     }
 }

@@ -12,6 +12,7 @@
 //! - [`debug_log`]: the per-rollout `.jsonl` debug log;
 //! - [`fault`]: contained panics (and a debug-build hook that injects them);
 //! - [`validate`]: `--validate`, checking a plugin without serving;
+//! - [`test_mode`]: `rollout-host test`, a plugin over a dataset against an LLM;
 //! - [`cli`]: command-line flags;
 //! - [`allocator`]: giving freed heap memory back to the OS.
 
@@ -25,5 +26,6 @@ pub mod protocol;
 pub mod rollout;
 pub mod runtime;
 pub mod server;
+pub mod test_mode;
 pub mod trainer;
 pub mod validate;

@@ -1,5 +1,5 @@
 use clap::Parser;
-use rollout_host::cli::{Cli, LogFormat};
+use rollout_host::cli::{Cli, Command, LogFormat, ServeArgs};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
@@ -11,19 +11,25 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     rollout_host::runtime::capacity::disable_transparent_huge_pages();
-    let cli = Cli::parse();
+    match Cli::parse().into_command() {
+        Command::Serve(args) => serve(&args),
+        Command::Test(args) => rollout_host::test_mode::main(*args),
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal, never in a log file.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match cli.log_format {
+    match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let config = cli.server_config();
-    if cli.validate {
+    let config = args.server_config();
+    if args.validate {
         return match rollout_host::validate::validate(
             &config.plugin,
             config.limits,

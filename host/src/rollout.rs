@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// How a rollout ended.
@@ -104,8 +104,8 @@ pub async fn run(app: Arc<App>, starting: Starting, finished: Finished) {
             }
         };
         let response = build_response(
-            &request,
-            &wit_request,
+            &request.rollout_id,
+            &wit_request.messages,
             plugin.label(),
             host,
             outcome,
@@ -157,12 +157,40 @@ async fn execute(
             tokio::time::timeout(deadline, instance.run(wit_request)).await
         } => Some(ran),
     };
+    match ran {
+        Some(ran) => settle(instance, ran, deadline),
+        None => settle_with(instance, Some(Outcome::Shutdown)),
+    }
+}
+
+/// Runs the agent to its end within its wall-clock `deadline` (test mode;
+/// the server's rollouts also wait for a slot and shutdown).
+pub async fn run_to_end(
+    mut instance: Instance,
+    request: &WitRolloutRequest,
+    deadline: Duration,
+) -> (Outcome, RolloutHost) {
+    let ran = tokio::time::timeout(deadline, instance.run(request)).await;
+    settle(instance, ran, deadline)
+}
+
+/// The outcome of a run that ended (`Err`: its wall-clock `deadline` was
+/// reached) and the host-side state it leaves.
+fn settle(
+    mut instance: Instance,
+    ran: Result<Result<(), GuestError>, tokio::time::error::Elapsed>,
+    deadline: Duration,
+) -> (Outcome, RolloutHost) {
     let failure = match ran {
-        Some(Ok(Ok(()))) => None,
-        Some(Ok(Err(e))) => Some(Outcome::Failed(e)),
-        Some(Err(_elapsed)) => Some(Outcome::Failed(instance.wall_clock_exceeded(deadline))),
-        None => Some(Outcome::Shutdown),
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(Outcome::Failed(e)),
+        Err(_elapsed) => Some(Outcome::Failed(instance.wall_clock_exceeded(deadline))),
     };
+    settle_with(instance, failure)
+}
+
+/// An accepted completion stands whatever happened after it.
+fn settle_with(instance: Instance, failure: Option<Outcome>) -> (Outcome, RolloutHost) {
     let mut host = instance.into_host();
     let outcome = match (host.completion.take(), failure) {
         (Some(completion), failure) => {
@@ -178,22 +206,23 @@ async fn execute(
 }
 
 /// The callback body: the agent's completion if it made one, else an
-/// ERROR saying what happened, with the history so far.
-fn build_response(
-    request: &RolloutRequest,
-    wit_request: &WitRolloutRequest,
+/// ERROR saying what happened, with the history so far (`host`'s, or the
+/// request's `messages` when the host state was lost).
+pub fn build_response(
+    rollout_id: &str,
+    messages: &str,
     plugin: &str,
     host: Option<RolloutHost>,
     outcome: Outcome,
     started: Instant,
 ) -> RolloutResponse {
-    let rollout_id = request.rollout_id.clone();
+    let rollout_id = rollout_id.to_owned();
     let (mut metrics, final_messages) = match host {
         Some(mut host) => (std::mem::take(&mut host.metrics), host.history_so_far()),
         // Lost in a panic: the request's messages are the history we know.
         None => (
             Default::default(),
-            split_messages(&wit_request.messages, "messages")
+            split_messages(messages, "messages")
                 .map(|m| m.into_iter().map(RawValue::to_owned).collect())
                 .unwrap_or_default(),
         ),

@@ -23,6 +23,9 @@ pub struct RetryPolicy {
     pub completion_retries: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
+    /// Retry 429 after its `Retry-After` (an LLM provider's rate limit, in
+    /// test mode). The protocol never retries a trainer's 4xx.
+    pub retry_rate_limited: bool,
 }
 
 impl Default for RetryPolicy {
@@ -35,6 +38,7 @@ impl Default for RetryPolicy {
             completion_retries: 2,
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(30),
+            retry_rate_limited: false,
         }
     }
 }
@@ -46,7 +50,16 @@ impl RetryPolicy {
             .saturating_mul(1u32 << attempt.min(20))
             .min(self.max_delay)
     }
+
+    /// The wait before retrying a 429: its `Retry-After` when it sent one
+    /// (at most [`MAX_RETRY_AFTER`]), else the usual backoff.
+    fn rate_limit_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        retry_after.map_or_else(|| self.delay(attempt), |d| d.min(MAX_RETRY_AFTER))
+    }
 }
+
+/// The longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
 /// Why a call to the trainer failed for good.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -58,6 +71,12 @@ pub enum TrainerError {
     /// 3xx or 4xx: final, not retried.
     #[error("trainer rejected the request with HTTP {status}: {body}")]
     Rejected { status: u16, body: String },
+    /// 429, final unless the policy retries it (then: on every attempt).
+    #[error("rate limited with HTTP 429: {body}")]
+    RateLimited {
+        body: String,
+        retry_after: Option<Duration>,
+    },
     /// 5xx on every attempt.
     #[error("trainer failed with HTTP {status}: {body}")]
     Failed { status: u16, body: String },
@@ -102,7 +121,7 @@ pub struct Endpoints {
     /// The init's `server_url` they were made from.
     pub server_url: String,
     /// `{server_url}/v1/chat/completions`
-    pub chat: reqwest::Url,
+    pub chat: Arc<reqwest::Url>,
     /// `{server_url}/v1/rollout/completed`
     pub completed: reqwest::Url,
 }
@@ -139,7 +158,7 @@ impl TrainerClient {
         }
         let endpoints = Arc::new(Endpoints {
             server_url: server_url.to_owned(),
-            chat: endpoint(server_url, "/v1/chat/completions")?,
+            chat: Arc::new(endpoint(server_url, "/v1/chat/completions")?),
             completed: endpoint(server_url, "/v1/rollout/completed")?,
         });
         *last = Some(endpoints.clone());
@@ -202,12 +221,20 @@ impl TrainerClient {
                 Err(e @ (TrainerError::Rejected { .. } | TrainerError::BadResponse(_))) => {
                     return Err(e);
                 }
+                Err(e @ TrainerError::RateLimited { .. }) if !self.policy.retry_rate_limited => {
+                    return Err(e);
+                }
                 Err(e) => e,
             };
             if attempt >= retries {
                 return Err(err);
             }
-            let delay = self.policy.delay(attempt);
+            let delay = match &err {
+                TrainerError::RateLimited { retry_after, .. } => {
+                    self.policy.rate_limit_delay(attempt, *retry_after)
+                }
+                _ => self.policy.delay(attempt),
+            };
             tracing::warn!(%url, attempt = attempt + 1, error = %err, ?delay, "trainer call failed, retrying");
             tokio::time::sleep(delay).await;
             attempt += 1;
@@ -232,6 +259,7 @@ impl TrainerClient {
         }
         let mut response = request.send().await.map_err(classify)?;
         let status = response.status();
+        let retry_after = retry_after(response.headers());
         let mut bytes = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
@@ -247,6 +275,10 @@ impl TrainerClient {
         };
         match status.as_u16() {
             200..=299 => Ok((status, bytes.into())),
+            429 => Err(TrainerError::RateLimited {
+                body: body_text(),
+                retry_after,
+            }),
             500..=599 => Err(TrainerError::Failed {
                 status: status.as_u16(),
                 body: body_text(),
@@ -257,6 +289,19 @@ impl TrainerClient {
             }),
         }
     }
+}
+
+/// How long a 429 asks to wait: `retry-after-ms` (OpenAI's), else
+/// `Retry-After` in seconds (an HTTP date is not read: the backoff applies).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let number = |name: &str| -> Option<f64> {
+        let value: f64 = headers.get(name)?.to_str().ok()?.trim().parse().ok()?;
+        (value.is_finite() && value >= 0.0).then_some(value)
+    };
+    number("retry-after-ms")
+        .map(|ms| ms / 1000.0)
+        .or_else(|| number("retry-after"))
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
 }
 
 /// `{server_url}{path}`.
@@ -284,6 +329,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// How a rollout's chat requests are written beside `messages`: for a
+/// trainer ([`TrainerDialect`]) or for an LLM provider (test mode).
+pub trait ChatDialect: Send + Sync + std::fmt::Debug {
+    /// The request's other fields, a JSON object's text, for the agent's
+    /// sampling `params`.
+    fn fields(&self, params: &Map<String, Value>, rollout_id: &str) -> String;
+}
+
+/// The protocol's chat request to a trainer ([`chat_fields`]).
+#[derive(Debug)]
+pub struct TrainerDialect;
+
+impl ChatDialect for TrainerDialect {
+    fn fields(&self, params: &Map<String, Value>, rollout_id: &str) -> String {
+        chat_fields(params, rollout_id)
+    }
 }
 
 /// The fields of a chat request beside `messages`, encoded once per rollout

@@ -8,7 +8,7 @@ use super::bindings::osmosis::rollout::types::{
 use super::limits::LimitExceeded;
 use super::state::{Completion, RolloutHost, StoreState};
 use crate::protocol::{RolloutStatus, first_difference, split_messages};
-use crate::trainer::{TrainerError, chat_body, chat_fields};
+use crate::trainer::{TrainerError, chat_body};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::time::Instant;
@@ -95,22 +95,27 @@ impl RolloutHost {
         let fields = match &request.params {
             Some(text) => {
                 let params = parse_object(text, "params").map_err(invalid)?;
-                own_fields = chat_fields(&params, &self.rollout_id);
+                own_fields = trainer.dialect.fields(&params, &self.rollout_id);
                 &own_fields
             }
-            None => &self.chat_fields,
+            None => self.chat_fields.get_or_insert_with(|| {
+                let params = std::mem::take(&mut self.completion_params);
+                trainer.dialect.fields(&params, &self.rollout_id)
+            }),
         };
         let body = chat_body(&request.messages, fields);
+        if let Some(watch) = &trainer.watch {
+            watch.before(&request.messages).await;
+        }
         let started = Instant::now();
         let result = trainer
             .client
-            .chat(
-                &trainer.endpoints.chat,
-                trainer.api_key.as_deref(),
-                body.into(),
-            )
+            .chat(&trainer.chat_url, trainer.api_key.as_deref(), body.into())
             .await;
         self.metrics.llm_latency_ms += started.elapsed().as_secs_f64() * 1000.0;
+        if let Some(watch) = &trainer.watch {
+            watch.after(result.as_ref());
+        }
         let completion = result.map_err(|e| {
             tracing::warn!(error = %e, "chat failed");
             chat_error(e)
@@ -203,6 +208,9 @@ fn chat_error(e: TrainerError) -> ChatError {
         TrainerError::Timeout(m) => ChatError::Timeout(m),
         TrainerError::Rejected { status, body } => {
             ChatError::TrainerRejected(HttpError { status, body })
+        }
+        TrainerError::RateLimited { body, .. } => {
+            ChatError::TrainerRejected(HttpError { status: 429, body })
         }
         TrainerError::Failed { status, body } => {
             ChatError::TrainerFailed(HttpError { status, body })

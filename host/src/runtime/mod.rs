@@ -13,7 +13,7 @@ mod state;
 pub use failure::{Failure, GuestError, Stage};
 pub use limits::{LimitExceeded, Limits};
 
-pub use state::{Completion, HostCallLimits, RolloutHost, TrainerLink};
+pub use state::{ChatWatch, Completion, HostCallLimits, RolloutHost, TrainerLink};
 
 use crate::places::{Place, Places};
 use crate::protocol::Tool;

@@ -5,18 +5,42 @@ use super::guest_io::{GuestOutput, OutputBudget, Stream};
 use super::limits::{CpuMeter, GuestLimiter, LimitExceeded, Limits};
 use crate::debug_log::RolloutLog;
 use crate::protocol::{History, Message, Metrics, RolloutStatus};
-use crate::trainer::{Endpoints, TrainerClient, chat_fields};
+use crate::trainer::{ChatCompletion, ChatDialect, TrainerClient, TrainerError};
 use serde_json::{Map, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
-/// Where this rollout's chat calls go.
-#[derive(Debug, Clone)]
+/// Where this rollout's chat calls go and how they are written.
+#[derive(Clone)]
 pub struct TrainerLink {
     pub client: TrainerClient,
-    pub endpoints: Arc<Endpoints>,
+    /// The chat-completions URL.
+    pub chat_url: Arc<reqwest::Url>,
     pub api_key: Option<String>,
+    pub dialect: Arc<dyn ChatDialect>,
+    /// Sees each chat call (test mode: progress, stepping); `None` when
+    /// serving.
+    pub watch: Option<Arc<dyn ChatWatch>>,
+}
+
+impl std::fmt::Debug for TrainerLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainerLink")
+            .field("chat_url", &self.chat_url.as_str())
+            .field("dialect", &self.dialect)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sees a rollout's chat calls as the host makes them.
+#[async_trait::async_trait]
+pub trait ChatWatch: Send + Sync {
+    /// Before a call, with the messages it sends (a JSON array's text):
+    /// the call waits until this returns.
+    async fn before(&self, messages: &str);
+    /// After a call (its retries included), with how it ended.
+    fn after(&self, result: Result<&ChatCompletion, &TrainerError>);
 }
 
 /// The agent's accepted `complete` call.
@@ -41,9 +65,12 @@ pub struct RolloutHost {
     pub trainer: Option<TrainerLink>,
     /// The init request's messages (COMPLETED final_messages must start with them).
     pub request_messages: Vec<Message>,
-    /// The chat request's fields for the init's `completion_params`,
-    /// encoded once ([`chat_fields`]).
-    pub chat_fields: String,
+    /// The init's `completion_params`, until the first chat call encodes
+    /// them into `chat_fields`.
+    pub completion_params: Map<String, Value>,
+    /// The chat request's fields for `completion_params`, encoded once by
+    /// the link's dialect at the first call that uses them.
+    pub chat_fields: Option<String>,
     /// The last chat call's messages plus its reply, as the JSON text that
     /// crossed the boundary: the next call must start with them.
     pub history: History,
@@ -91,7 +118,8 @@ impl RolloutHost {
             rollout_id: rollout_id.into(),
             trainer: Some(trainer),
             history: History::default(),
-            chat_fields: chat_fields(&completion_params, rollout_id),
+            completion_params,
+            chat_fields: None,
             request_messages,
             metrics: Metrics::default(),
             completion: None,
@@ -108,7 +136,8 @@ impl RolloutHost {
             rollout_id: label.into(),
             trainer: None,
             request_messages: Vec::new(),
-            chat_fields: String::new(),
+            completion_params: Map::new(),
+            chat_fields: None,
             history: History::default(),
             metrics: Metrics::default(),
             completion: None,

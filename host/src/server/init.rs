@@ -160,8 +160,10 @@ async fn prepare(
         &request.rollout_id,
         TrainerLink {
             client: app.trainer.clone(),
-            endpoints: endpoints.clone(),
+            chat_url: endpoints.chat.clone(),
             api_key: request.api_key.clone(),
+            dialect: app.dialect.clone(),
+            watch: None,
         },
         request_messages,
         std::mem::take(&mut request.completion_params),

@@ -12,7 +12,7 @@ use crate::idempotency::IdempotencyStore;
 use crate::places::Places;
 use crate::runtime::capacity::{MachineCapacity, MachineFacts};
 use crate::runtime::{AllocatorChoice, Limits, LoadError, Runtime, RuntimeConfig};
-use crate::trainer::{RetryPolicy, TrainerClient};
+use crate::trainer::{ChatDialect, RetryPolicy, TrainerClient, TrainerDialect};
 use axum::Router;
 use axum::extract::Request;
 use axum::http::StatusCode;
@@ -99,6 +99,8 @@ pub struct App {
     pub plugin: swap::PluginSlot,
     pub limits: Limits,
     pub trainer: TrainerClient,
+    /// How chat requests to the trainer are written (shared by every rollout).
+    pub dialect: Arc<dyn ChatDialect>,
     pub api_key: Option<String>,
     pub debug_log: Option<DebugLog>,
     pub idempotency: IdempotencyStore,
@@ -208,6 +210,7 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         plugin: swap::PluginSlot::new(runtime, config.plugin.clone(), plugin),
         limits: config.limits.clone(),
         trainer,
+        dialect: Arc::new(TrainerDialect),
         api_key: config.api_key.clone(),
         debug_log,
         idempotency: IdempotencyStore::new(config.max_records),
