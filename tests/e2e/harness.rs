@@ -74,13 +74,13 @@ pub fn host_binary() -> &'static str {
 
 /// One server at a time: the limit and latency tests time things on a
 /// 2-core machine, so servers do not compete with each other for the CPU.
-struct Serial;
+pub struct Serial;
 
 static BUSY: Mutex<bool> = Mutex::new(false);
 static FREED: std::sync::Condvar = std::sync::Condvar::new();
 
 impl Serial {
-    fn acquire() -> Serial {
+    pub fn acquire() -> Serial {
         let mut busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
         while *busy {
             busy = FREED.wait(busy).unwrap_or_else(|p| p.into_inner());

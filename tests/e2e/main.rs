@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `rollout-host` binary, real `.wasm` plugins,
 //! and a scripted trainer over HTTP.
 
+mod datasets;
 mod hardening;
 mod harness;
 mod plugins;
@@ -8,3 +9,4 @@ mod protocol;
 mod rollouts;
 mod sandbox;
 mod swap;
+mod test_mode;
