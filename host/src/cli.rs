@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the Remote Rollout protocol (what `rollout-host --plugin P` does).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a plugin over a dataset against an OpenAI-compatible LLM, as a
     /// trainer would run it: same sandbox, limits and host calls.
     Test(Box<TestArgs>),
@@ -40,7 +40,7 @@ pub enum Command {
 impl Cli {
     /// What to do: `serve` unless a subcommand says otherwise.
     pub fn into_command(self) -> Command {
-        self.command.unwrap_or(Command::Serve(self.serve))
+        self.command.unwrap_or(Command::Serve(Box::new(self.serve)))
     }
 }
 
@@ -149,11 +149,13 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Chat calls")]
 pub struct ChatArgs {
-    /// Per-attempt timeout of a chat call to the trainer, in seconds.
+    /// Per-attempt timeout of a chat call (to the trainer; in test mode, to
+    /// the LLM), in seconds.
     #[arg(long, env = "ROLLOUT_CHAT_TIMEOUT", default_value = "300", value_name = "SECS", value_parser = seconds)]
     pub chat_timeout: Duration,
 
-    /// Retries of a chat call after 5xx, timeouts and transport errors (4xx is never retried).
+    /// Retries of a chat call after 5xx, timeouts and transport errors (4xx
+    /// is final; test mode also waits out an LLM's 429 after its Retry-After).
     #[arg(long, env = "ROLLOUT_CHAT_RETRIES", default_value_t = 3)]
     pub chat_retries: u32,
 

@@ -70,9 +70,18 @@ pub fn calc_jsonl() -> PathBuf {
     repo_root().join("datasets/calc.jsonl")
 }
 
+/// Writes rows to a dataset file in one format.
+pub type WriteRows = fn(&Path, &[Map<String, Value>]);
+
 /// One JSON object a line.
 pub fn jsonl_text(rows: &[Map<String, Value>]) -> String {
-    rows.iter().map(|r| format!("{}\n", Value::Object(r.clone()))).collect()
+    rows.iter()
+        .map(|r| format!("{}\n", Value::Object(r.clone())))
+        .collect()
+}
+
+pub fn write_jsonl(path: &Path, rows: &[Map<String, Value>]) {
+    std::fs::write(path, jsonl_text(rows)).unwrap();
 }
 
 pub fn write_json(path: &Path, rows: &[Map<String, Value>]) {
@@ -105,7 +114,10 @@ pub fn write_parquet(path: &Path, rows: &[Map<String, Value>]) {
     let columns: Vec<String> = rows[0].keys().cloned().collect();
     let mut fields = Vec::new();
     for c in &columns {
-        let values: Vec<&Value> = rows.iter().map(|r| r.get(c).unwrap_or(&Value::Null)).collect();
+        let values: Vec<&Value> = rows
+            .iter()
+            .map(|r| r.get(c).unwrap_or(&Value::Null))
+            .collect();
         let optional = values.iter().any(|v| v.is_null());
         let repetition = if optional { "OPTIONAL" } else { "REQUIRED" };
         let text = values.iter().any(|v| v.is_string());
@@ -122,15 +134,21 @@ pub fn write_parquet(path: &Path, rows: &[Map<String, Value>]) {
     let mut writer = SerializedFileWriter::new(file, Arc::new(schema), Arc::new(props)).unwrap();
     let mut group = writer.next_row_group().unwrap();
     for c in &columns {
-        let values: Vec<&Value> = rows.iter().map(|r| r.get(c).unwrap_or(&Value::Null)).collect();
+        let values: Vec<&Value> = rows
+            .iter()
+            .map(|r| r.get(c).unwrap_or(&Value::Null))
+            .collect();
         let levels: Vec<i16> = values.iter().map(|v| i16::from(!v.is_null())).collect();
-        let levels = values.iter().any(|v| v.is_null()).then_some(levels.as_slice());
+        let levels = values
+            .iter()
+            .any(|v| v.is_null())
+            .then_some(levels.as_slice());
         let mut column = group.next_column().unwrap().unwrap();
         if values.iter().any(|v| v.is_string()) {
             let data: Vec<ByteArray> = values
                 .iter()
                 .filter_map(|v| v.as_str())
-                .map(|s| ByteArray::from(s))
+                .map(ByteArray::from)
                 .collect();
             column
                 .typed::<ByteArrayType>()
@@ -159,7 +177,8 @@ fn calc_dataset_files_are_what_the_generator_makes() {
         std::fs::write(&jsonl, jsonl_text(&rows)).unwrap();
         write_parquet(&parquet, &rows);
     }
-    let hint = "run `ROLLOUT_REGENERATE_DATASETS=1 cargo test --test e2e calc_dataset` to rewrite it";
+    let hint =
+        "run `ROLLOUT_REGENERATE_DATASETS=1 cargo test --test e2e calc_dataset` to rewrite it";
     assert_eq!(
         std::fs::read_to_string(&jsonl).expect("datasets/calc.jsonl"),
         jsonl_text(&rows),

@@ -7,13 +7,15 @@ use crate::protocol::Tool;
 use crate::trainer::{ChatCompletion, TrainerError};
 use serde_json::Value;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use tokio_util::sync::CancellationToken;
 
 /// One row's stepping state.
 pub struct Stepper {
     row: usize,
     calls: AtomicU32,
+    /// Messages already on the screen (the request's, the replies shown).
+    shown: AtomicUsize,
     /// `c` was pressed: no more pauses in this rollout.
     to_the_end: AtomicBool,
     /// Cancelled by `q`: the runner stops the rollout and the test run.
@@ -25,6 +27,7 @@ impl Stepper {
         Self {
             row,
             calls: AtomicU32::new(0),
+            shown: AtomicUsize::new(0),
             to_the_end: AtomicBool::new(false),
             quit,
         }
@@ -35,6 +38,14 @@ impl Stepper {
     pub async fn before_call(&self, messages: &str, tools: &[Tool]) {
         let call = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
         let messages: Vec<Value> = serde_json::from_str(messages).unwrap_or_default();
+        // What the agent added since the last reply (tool results, ...);
+        // the request's own messages were shown with the row.
+        let shown = self.shown.swap(messages.len() + 1, Ordering::Relaxed);
+        if call > 1 {
+            for (i, m) in messages.iter().enumerate().skip(shown) {
+                say(&format!("  [{i}] {}", show_message(m)));
+            }
+        }
         say(&format!(
             "\n-- row {} . LLM call {call} . {} messages, {} tools --",
             self.row,
@@ -128,7 +139,10 @@ fn show_message(m: &Value) -> String {
         text.push_str(&format!(" ({id})"));
     }
     match m.get("content") {
-        Some(Value::String(s)) if !s.is_empty() => text.push_str(&format!(": {s}")),
+        Some(Value::String(s)) if !s.is_empty() => {
+            text.push_str(": ");
+            text.push_str(&s.replace('\n', "\n      "));
+        }
         Some(Value::Null) | None => {}
         Some(other) => text.push_str(&format!(": {other}")),
     }

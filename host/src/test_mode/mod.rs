@@ -371,6 +371,8 @@ async fn contained(ctx: &RunContext, row: &Row, run: u32) -> Ran {
 /// Steps through `rows` one at a time, offering the next after each.
 async fn run_interactive(ctx: &Arc<RunContext>, rows: Vec<Row>) -> Batch {
     let quit = CancellationToken::new();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     let mut results = Vec::new();
     let count = rows.len();
     for (i, row) in rows.iter().enumerate() {
@@ -386,6 +388,8 @@ async fn run_interactive(ctx: &Arc<RunContext>, rows: Vec<Row>) -> Batch {
         let ran = tokio::select! {
             ran = ctx.run_row(row, 0, Some(stepper)) => ran,
             _ = quit.cancelled() => return Batch { results, stop: Some(Stop::Quit) },
+            // While a call is out (no key is being read): Ctrl-C.
+            _ = &mut ctrl_c => return Batch { results, stop: Some(Stop::Interrupted) },
         };
         interactive::say(&format!("\n{}", report::run_line(&ran.result, 1)));
         let fatal = ran

@@ -133,10 +133,7 @@ impl Summary {
             "{:<10}{}: {} rows{runs}",
             "dataset", self.dataset, self.rows
         );
-        let mut ran = format!(
-            "{} runs: {} ran without error, {} failed",
-            self.total, self.passed, self.failed
-        );
+        let mut ran = format!("{} ran without error, {} failed", self.passed, self.failed);
         if self.not_run > 0 {
             let why = if self.interrupted {
                 "interrupted"
@@ -150,7 +147,7 @@ impl Summary {
             Some(r) => {
                 let _ = writeln!(
                     t,
-                    "{:<10}mean {:.3}  min {:.3}  max {:.3}  ({} runs)",
+                    "{:<10}mean {:.3}  min {:.3}  max {:.3}  (over {} runs)",
                     "reward", r.mean, r.min, r.max, r.count
                 );
             }
@@ -166,7 +163,7 @@ impl Summary {
                 .collect();
             let _ = writeln!(
                 t,
-                "{:<10}{}  (reward >= {})",
+                "{:<10}{}  (reward >= {:?})",
                 "pass",
                 ks.join("  "),
                 self.pass_threshold
