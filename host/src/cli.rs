@@ -333,9 +333,10 @@ pub struct TestArgs {
     #[arg(short = 'q', long)]
     pub quiet: bool,
 
-    /// Step through rollouts in the terminal: pause before each LLM call
-    /// (n: next call, c: continue to the end, m: messages, t: tools, q: quit).
-    #[arg(short = 'i', long)]
+    /// Step through rollouts in the terminal, one row at a time: pause
+    /// before each LLM call (n: next call, c: continue to the end, m:
+    /// messages, t: tools, q: quit).
+    #[arg(short = 'i', long, conflicts_with_all = ["runs", "concurrency", "quiet"])]
     pub interactive: bool,
 
     /// With -i: the row to start at (default: --offset).
@@ -479,6 +480,21 @@ mod tests {
             .is_err()
         );
         assert!(parse(&["rollout-host", "test", "--plugin", "p"]).is_err());
+        // -i runs one row at a time, once.
+        assert!(
+            parse(&[
+                "rollout-host",
+                "test",
+                "--plugin",
+                "p",
+                "-d",
+                "d",
+                "-i",
+                "-c",
+                "2"
+            ])
+            .is_err()
+        );
         // Serving flags are not test flags.
         assert!(
             parse(&[
