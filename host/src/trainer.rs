@@ -529,6 +529,45 @@ mod tests {
     }
 
     #[test]
+    fn a_429_waits_its_retry_after() {
+        use reqwest::header::{HeaderMap, HeaderValue};
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "2")])),
+            Some(Duration::from_secs(2))
+        );
+        // OpenAI's milliseconds win over the seconds.
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "2"), ("retry-after-ms", "250")])),
+            Some(Duration::from_millis(250))
+        );
+        for unread in ["Wed, 21 Oct 2026 07:28:00 GMT", "-1", "NaN", ""] {
+            assert_eq!(
+                retry_after(&headers(&[("retry-after", unread)])),
+                None,
+                "{unread}"
+            );
+        }
+        let p = RetryPolicy::default();
+        assert_eq!(
+            p.rate_limit_delay(1, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
+        assert_eq!(p.rate_limit_delay(1, None), Duration::from_secs(2));
+        assert_eq!(
+            p.rate_limit_delay(0, Some(Duration::from_secs(3600))),
+            MAX_RETRY_AFTER
+        );
+        assert!(!p.retry_rate_limited, "a trainer's 429 is final");
+    }
+
+    #[test]
     fn backoff_is_capped() {
         let p = RetryPolicy::default();
         assert_eq!(p.delay(0), Duration::from_secs(1));

@@ -327,7 +327,7 @@ async fn run_batch(
                     running.abort_all();
                 }
                 results.push(ran.result);
-                progress.finished(results.last().unwrap_or_else(|| unreachable!()), &results, ctx.runs_per_row);
+                progress.finished(&results, ctx.runs_per_row);
             }
             _ = &mut ctrl_c, if stop.is_none() => {
                 stop = Some(Stop::Interrupted);

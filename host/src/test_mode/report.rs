@@ -290,8 +290,11 @@ impl Progress {
         }
     }
 
-    /// A run finished; `results` are all finished so far.
-    pub fn finished(&mut self, result: &RunResult, results: &[RunResult], runs_per_row: u32) {
+    /// A run finished: the last of `results`, all those finished so far.
+    pub fn finished(&mut self, results: &[RunResult], runs_per_row: u32) {
+        let Some(result) = results.last() else {
+            return;
+        };
         match self {
             Progress::Bar(bar) => {
                 let ok = results.iter().filter(|r| r.success).count();
