@@ -82,6 +82,7 @@ fn main() {
                     instance_slots: 1000,
                     allocator,
                     warm_slots,
+                    compile_cache: None,
                 })
                 .expect("engine"),
             );

@@ -1,6 +1,6 @@
 //! Command-line flags (`rollout-host --help`).
 
-use crate::runtime::{AllocatorChoice, Limits};
+use crate::runtime::{AllocatorChoice, CompileCache, Limits};
 use crate::server::ServerConfig;
 use crate::trainer::RetryPolicy;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -122,6 +122,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
 
     /// On SIGTERM/SIGINT, seconds to let running rollouts finish before
     /// ending them with an ERROR callback.
@@ -348,6 +351,35 @@ pub struct TestArgs {
 
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// The compile cache (serving and test mode).
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Where compiled plugins are kept (private to this user), so a restart
+    /// or a swap back to a known build skips compiling it [default:
+    /// $XDG_CACHE_HOME/rollout-host/compiled, else ~/.cache/rollout-host/compiled].
+    #[arg(long, env = "ROLLOUT_COMPILE_CACHE", value_name = "DIR")]
+    pub compile_cache: Option<PathBuf>,
+
+    /// Compile the plugin at every start and keep nothing on disk.
+    #[arg(long, env = "ROLLOUT_NO_COMPILE_CACHE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_compile_cache: bool,
+}
+
+impl CacheArgs {
+    /// The cache directory, unless turned off.
+    pub fn dir(&self) -> Option<PathBuf> {
+        if self.no_compile_cache {
+            return None;
+        }
+        self.compile_cache
+            .clone()
+            .or_else(CompileCache::default_dir)
+    }
 }
 
 impl ChatArgs {
@@ -401,6 +433,7 @@ impl ServeArgs {
             shutdown_grace: self.shutdown_grace,
             allocator: self.sandbox.instance_allocator,
             warm_slots: self.warm_slots,
+            compile_cache: self.cache.dir(),
         }
     }
 }

@@ -34,6 +34,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
             &config.plugin,
             config.limits,
             config.allocator,
+            config
+                .compile_cache
+                .as_deref()
+                .and_then(rollout_host::server::open_compile_cache),
         ) {
             Ok(report) => {
                 println!("{}: {report}", config.plugin.display());

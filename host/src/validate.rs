@@ -4,7 +4,8 @@
 
 use crate::protocol::Tool;
 use crate::runtime::{
-    AllocatorChoice, Limits, LoadError, RolloutHost, Runtime, RuntimeConfig, WitRolloutRequest,
+    AllocatorChoice, CompileCache, Limits, LoadError, RolloutHost, Runtime, RuntimeConfig,
+    WitRolloutRequest,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -61,6 +62,7 @@ pub fn validate(
     plugin: &Path,
     limits: Limits,
     allocator: AllocatorChoice,
+    compile_cache: Option<CompileCache>,
 ) -> Result<Report, ValidateError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -72,6 +74,7 @@ pub fn validate(
             instance_slots: 2,
             allocator,
             warm_slots: 0,
+            compile_cache,
         })?);
         let loaded = runtime.load(plugin).await?;
         let (_, tools) = loaded

@@ -72,6 +72,12 @@ pub fn host_binary() -> &'static str {
     env!("CARGO_BIN_EXE_rollout-host")
 }
 
+/// The compile cache the tests' servers share (under target/tmp), so each
+/// plugin build is compiled once per machine, not once per server.
+pub fn compile_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("compile-cache")
+}
+
 /// One server at a time: the limit and latency tests time things on a
 /// 2-core machine, so servers do not compete with each other for the CPU.
 pub struct Serial;
@@ -134,6 +140,7 @@ impl Server {
             .env_remove("RUST_BACKTRACE")
             .env_remove("ROLLOUT_DEBUG_DIR")
             .env_remove("ROLLOUT_API_KEY")
+            .env("ROLLOUT_COMPILE_CACHE", compile_cache())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -322,6 +322,7 @@ fn run_cli_output(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(host_binary())
         .args(args)
         .env_remove("RUST_LOG")
+        .env("ROLLOUT_COMPILE_CACHE", compile_cache())
         .output()
         .unwrap();
     (
@@ -469,4 +470,53 @@ async fn a_plugin_built_with_cargo_component_serves_too() {
         (Some("COMPLETED"), Some(1.0)),
         "{done}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_loads_a_known_build_from_the_compile_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let cache_arg = cache.to_str().unwrap();
+    let trainer = Trainer::calculator("add", 5.0, 3.0, "8").await;
+    let mut starts = Vec::new();
+    for expected in ["plugin compiled", "plugin loaded from the compile cache"] {
+        let started = std::time::Instant::now();
+        let mut server = Server::start("calc", &["--compile-cache", cache_arg]);
+        starts.push(started.elapsed());
+        let (status, _) = server.init(&init_body("r-1", &trainer)).await;
+        assert_eq!(status, 202);
+        server.terminate();
+        let log = server.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("plugin compiled") || l.contains("from the compile cache"))
+            .unwrap_or_else(|| panic!("no load line:\n{log}"))
+            .to_owned();
+        assert!(line.contains(expected), "{line}");
+    }
+    println!(
+        "start-up: compiling {:?}, from the cache {:?}",
+        starts[0], starts[1]
+    );
+    // One private entry per build.
+    use std::os::unix::fs::PermissionsExt;
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let mode = std::fs::metadata(&entries[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // --no-compile-cache compiles and writes nothing.
+    let empty = dir.path().join("unused");
+    let server = Server::start(
+        "calc",
+        &[
+            "--compile-cache",
+            empty.to_str().unwrap(),
+            "--no-compile-cache",
+        ],
+    );
+    assert!(server.log().contains("plugin compiled"));
+    assert!(!empty.exists());
 }

@@ -3,6 +3,7 @@
 
 mod bindings;
 pub mod capacity;
+mod compile_cache;
 mod failure;
 mod fair_share;
 mod guest_io;
@@ -10,6 +11,7 @@ mod host_calls;
 mod limits;
 mod state;
 
+pub use compile_cache::CompileCache;
 pub use failure::{Failure, GuestError, Stage};
 pub use limits::{LimitExceeded, Limits};
 
@@ -46,6 +48,9 @@ pub struct RuntimeConfig {
     /// of their own; the fast path). Instances beyond them come from the
     /// main pool, whose slots give their pages back when they end.
     pub warm_slots: u32,
+    /// Where compiled plugins are kept across restarts; `None`: compile
+    /// at every start.
+    pub compile_cache: Option<CompileCache>,
 }
 
 /// Address space of each instance's linear memory (wasmtime's default for
@@ -184,26 +189,31 @@ impl Runtime {
         }
         let sha256 = sha256_hex(&bytes);
         let engine = self.main.engine.clone();
-        let compiled = tokio::task::spawn_blocking(move || {
-            let component = Component::new(&engine, bytes)?;
-            let serialized = component.serialize()?;
-            Ok::<_, wasmtime::Error>((component, serialized))
-        })
-        .await
-        .map_err(|e| LoadError::Engine(e.to_string()))?
-        .map_err(|e| LoadError::Invalid {
-            path: path.clone(),
-            reason: one_line(&e),
-        })?;
-        let (component, serialized) = compiled;
-        check_exports(&self.main.engine, &component, &path)?;
-        let main = prepare(&self.main, &component, &path)?;
+        let cache = self.config.compile_cache.clone();
+        let key = sha256.clone();
+        let started = std::time::Instant::now();
+        let compiled = tokio::task::spawn_blocking(move || compile(&engine, bytes, &key, cache))
+            .await
+            .map_err(|e| LoadError::Engine(e.to_string()))?
+            .map_err(|e| LoadError::Invalid {
+                path: path.clone(),
+                reason: one_line(&e),
+            })?;
+        tracing::info!(
+            plugin = %path.display(),
+            from_cache = compiled.from_cache,
+            ms = started.elapsed().as_millis() as u64,
+            "plugin {}",
+            if compiled.from_cache { "loaded from the compile cache" } else { "compiled" }
+        );
+        check_exports(&self.main.engine, &compiled.component, &path)?;
+        let main = prepare(&self.main, &compiled.component, &path)?;
         let warm = match &self.warm {
             None => None,
             Some((pool, _)) => {
-                // SAFETY: the bytes are this process's own serialization of
-                // the component, for an engine with the same settings.
-                let component = unsafe { Component::deserialize(&pool.engine, &serialized) }
+                let component = compiled
+                    .artifact
+                    .load(&pool.engine)
                     .map_err(|e| LoadError::Engine(one_line(&e)))?;
                 Some(prepare(pool, &component, &path)?)
             }
@@ -231,6 +241,77 @@ impl Runtime {
         plugin.name = name;
         Ok(plugin)
     }
+}
+
+/// A compiled plugin, and where another engine with the same settings
+/// can load it from.
+struct Compiled {
+    component: Component,
+    artifact: Artifact,
+    from_cache: bool,
+}
+
+/// Compiled code in wasmtime's serialized form.
+enum Artifact {
+    /// A compile-cache entry (mapped, not copied, and shared between the
+    /// engines through the page cache).
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+impl Artifact {
+    fn load(&self, engine: &Engine) -> wasmtime::Result<Component> {
+        // SAFETY: both are this binary's own serialization of the
+        // component for an engine with the same compatibility settings
+        // (a cache entry is written whole, privately, and keyed by them).
+        unsafe {
+            match self {
+                Artifact::File(path) => Component::deserialize_file(engine, path),
+                Artifact::Bytes(bytes) => Component::deserialize(engine, bytes),
+            }
+        }
+    }
+}
+
+/// The plugin `bytes` (whose sha256 is `sha256`) compiled for `engine`:
+/// from the compile cache when it holds this build, else compiled now
+/// (and stored there).
+fn compile(
+    engine: &Engine,
+    bytes: Vec<u8>,
+    sha256: &str,
+    cache: Option<CompileCache>,
+) -> wasmtime::Result<Compiled> {
+    if let Some(path) = cache.as_ref().and_then(|c| c.get(engine, sha256)) {
+        let artifact = Artifact::File(path);
+        match artifact.load(engine) {
+            Ok(component) => {
+                return Ok(Compiled {
+                    component,
+                    artifact,
+                    from_cache: true,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %one_line(&e), "unusable compile-cache entry; compiling again")
+            }
+        }
+    }
+    let component = Component::new(engine, bytes)?;
+    let serialized = component.serialize()?;
+    let artifact = match cache.map(|c| c.put(engine, sha256, &serialized)) {
+        Some(Ok(path)) => Artifact::File(path),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "cannot write the compile cache");
+            Artifact::Bytes(serialized)
+        }
+        None => Artifact::Bytes(serialized),
+    };
+    Ok(Compiled {
+        component,
+        artifact,
+        from_cache: false,
+    })
 }
 
 /// A component pre-instantiated for one pool.

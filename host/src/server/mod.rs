@@ -11,7 +11,7 @@ use crate::fault;
 use crate::idempotency::IdempotencyStore;
 use crate::places::Places;
 use crate::runtime::capacity::{MachineCapacity, MachineFacts};
-use crate::runtime::{AllocatorChoice, Limits, LoadError, Runtime, RuntimeConfig};
+use crate::runtime::{AllocatorChoice, CompileCache, Limits, LoadError, Runtime, RuntimeConfig};
 use crate::trainer::{ChatDialect, RetryPolicy, TrainerClient, TrainerDialect};
 use axum::Router;
 use axum::extract::Request;
@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub allocator: AllocatorChoice,
     /// Instances whose pages stay resident between rollouts.
     pub warm_slots: u32,
+    /// The compile cache's directory; `None`: compile at every start.
+    pub compile_cache: Option<PathBuf>,
     /// How long an idle connection to the trainer is kept.
     pub trainer_idle_timeout: Duration,
     /// Largest init body read.
@@ -163,6 +165,18 @@ fn lower_thread_priority() {
     }
 }
 
+/// The compile cache in `dir`, or none (with a warning) when it cannot be
+/// used: compiling at every start is slower, not wrong.
+pub fn open_compile_cache(dir: &std::path::Path) -> Option<CompileCache> {
+    match CompileCache::open(dir) {
+        Ok(cache) => Some(cache),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "compile cache unavailable; plugins are compiled at every start");
+            None
+        }
+    }
+}
+
 /// Loads the plugin, binds, serves until SIGINT/SIGTERM, then drains;
 /// plugins execute on `guests`.
 pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result<(), ServerError> {
@@ -174,6 +188,7 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         instance_slots: 0,
         allocator: config.allocator,
         warm_slots: config.warm_slots,
+        compile_cache: config.compile_cache.as_deref().and_then(open_compile_cache),
     };
     let machine = MachineFacts::read().capacity(runtime_config.reservation());
     let capacity = admissible(&config, machine);

@@ -240,6 +240,11 @@ async fn context(args: &TestArgs, plan: &Plan) -> Result<RunContext, SetupError>
         instance_slots: args.concurrency.saturating_add(1),
         allocator: args.sandbox.instance_allocator,
         warm_slots: 0,
+        compile_cache: args
+            .cache
+            .dir()
+            .as_deref()
+            .and_then(crate::server::open_compile_cache),
     })?);
     let plugin = Arc::new(runtime.load(&args.plugin).await?);
     let mut policy = args.chat.retry_policy(0);

@@ -1,0 +1,159 @@
+//! The compile cache: a plugin's compiled code, kept on disk by the sha256
+//! of its `.wasm` and the engine's compatibility hash, so a restart (or a
+//! swap back to a known build) loads in milliseconds instead of compiling
+//! again (seconds for a Rust plugin, tens of seconds for an interpreter
+//! such as componentize-py's).
+//!
+//! The directory is created private to the user (0700) and entries are
+//! written whole (a temporary file, then a rename), so what is read back is
+//! this binary's own serialization for an engine with the same settings,
+//! which is what `Component::deserialize` requires to be safe.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use wasmtime::Engine;
+
+/// Entries kept; older ones (by last use) are removed when one is added.
+const MAX_ENTRIES: usize = 16;
+
+/// A directory of compiled plugins.
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    dir: PathBuf,
+}
+
+impl CompileCache {
+    /// Opens (creating) `dir`, private to this user.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let meta = std::fs::metadata(dir)?;
+        // Another user's writable directory could hand us code to run.
+        if meta.permissions().mode() & 0o022 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is writable by other users; use a private directory",
+                    dir.display()
+                ),
+            ));
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// The default directory: `$XDG_CACHE_HOME/rollout-host/compiled`, else
+    /// `~/.cache/rollout-host/compiled`.
+    pub fn default_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("rollout-host").join("compiled"))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The entry of the plugin whose file hashes to `sha256`, for `engine`.
+    fn path(&self, engine: &Engine, sha256: &str) -> PathBuf {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        env!("CARGO_PKG_VERSION").hash(&mut hasher);
+        self.dir
+            .join(format!("{sha256}-{:016x}.cwasm", hasher.finish()))
+    }
+
+    /// The entry's file, when this build was compiled before for an engine
+    /// like `engine`; marks the entry as used.
+    pub fn get(&self, engine: &Engine, sha256: &str) -> Option<PathBuf> {
+        let path = self.path(engine, sha256);
+        // Touch it: eviction goes by last use.
+        let file = std::fs::File::options().append(true).open(&path).ok()?;
+        let _ = file.set_modified(std::time::SystemTime::now());
+        Some(path)
+    }
+
+    /// Stores `compiled` for the build `sha256` and returns its file, then
+    /// keeps the [`MAX_ENTRIES`] most recently used entries.
+    pub fn put(&self, engine: &Engine, sha256: &str, compiled: &[u8]) -> std::io::Result<PathBuf> {
+        let path = self.path(engine, sha256);
+        let temp = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = (|| {
+            let mut file = std::fs::File::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temp)?;
+            file.write_all(compiled)?;
+            file.sync_all()?;
+            std::fs::rename(&temp, &path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        written?;
+        self.evict();
+        Ok(path)
+    }
+
+    fn evict(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut entries: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        if entries.len() <= MAX_ENTRIES {
+            return;
+        }
+        entries.sort();
+        for (_, path) in &entries[..entries.len() - MAX_ENTRIES] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_per_engine_and_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::open(&dir.path().join("c")).unwrap();
+        let mode = std::fs::metadata(cache.dir()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let engine = Engine::default();
+        assert_eq!(cache.get(&engine, "abc"), None);
+        let path = cache.put(&engine, "abc", b"compiled").unwrap();
+        assert_eq!(cache.get(&engine, "abc").as_ref(), Some(&path));
+        assert_eq!(std::fs::read(&path).unwrap(), b"compiled");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // An engine with other settings does not see it.
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        let other = Engine::new(&config).unwrap();
+        assert_eq!(cache.get(&other, "abc"), None);
+        for i in 0..MAX_ENTRIES + 3 {
+            cache.put(&engine, &format!("k{i}"), b"x").unwrap();
+        }
+        let count = std::fs::read_dir(cache.dir()).unwrap().count();
+        assert_eq!(count, MAX_ENTRIES);
+        // A directory others can write to is refused.
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(CompileCache::open(&open).is_err());
+    }
+}
