@@ -21,9 +21,51 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
+/// The calculator agent in each guest language: Rust, Python, JavaScript.
+pub const CALCULATORS: [&str; 2] = ["calc", "calc-js"];
+
+/// The plugin `name`: a directory `plugins/<name>/` with a `build.sh` is
+/// built by it (once per test run; its last line is the .wasm); any other
+/// name is a crate of the Rust guest workspace.
+pub fn plugin(name: &str) -> PathBuf {
+    let script = repo_root().join("plugins").join(name).join("build.sh");
+    if script.exists() {
+        built_by_script(name, &script)
+    } else {
+        rust_plugin(name)
+    }
+}
+
+/// Runs a plugin's `build.sh` the first time it is asked for (one build
+/// at a time: they install toolchains into the same `.tools/`).
+fn built_by_script(name: &str, script: &Path) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, Result<PathBuf, String>)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, result)) = built.iter().find(|(n, _)| n == name) {
+        return result.clone().unwrap_or_else(|e| panic!("{e}"));
+    }
+    let result = Command::new("bash")
+        .arg(script)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))
+        .and_then(|out| {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            match stdout.lines().last() {
+                Some(path) if out.status.success() => Ok(PathBuf::from(path.trim())),
+                _ => Err(format!(
+                    "{} failed:\n{stdout}\n{}",
+                    script.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                )),
+            }
+        });
+    built.push((name.to_owned(), result.clone()));
+    result.unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// `plugins/target/wasm32-wasip2/release/<name>.wasm`, building the guest
 /// workspace once per test run.
-pub fn plugin(name: &str) -> PathBuf {
+fn rust_plugin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         let plugins = repo_root().join("plugins");

@@ -1,4 +1,5 @@
-//! Calculator rollouts against a scripted trainer.
+//! Calculator rollouts against a scripted trainer, for the calculator in
+//! each guest language (Rust, Python, JavaScript).
 
 use crate::harness::*;
 use serde_json::{Value, json};
@@ -6,210 +7,231 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn right_answer_completes_with_reward_one() {
-    let trainer = Trainer::calculator("add", 5.0, 3.0, "8").await;
-    let server = Server::start("calc", &[]);
-    let body = init_body("r-right", &trainer);
+    for calc in CALCULATORS {
+        eprintln!("calculator: {calc}");
+        let trainer = Trainer::calculator("add", 5.0, 3.0, "8").await;
+        let server = Server::start(calc, &[]);
+        let body = init_body("r-right", &trainer);
 
-    let (status, init) = server.init(&body).await;
-    assert_eq!(status, 202, "{init}");
-    assert_eq!(init["rollout_id"], "r-right");
-    let names: Vec<&str> = init["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["function"]["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["add", "subtract", "multiply", "divide"]);
-    assert_eq!(init["tools"][0]["type"], "function");
-    assert_eq!(
-        init["tools"][0]["function"]["parameters"]["required"],
-        json!(["a", "b"])
-    );
-    assert!(
-        !init.to_string().contains("null"),
-        "no JSON nulls in the init answer: {init}"
-    );
+        let (status, init) = server.init(&body).await;
+        assert_eq!(status, 202, "{init}");
+        assert_eq!(init["rollout_id"], "r-right");
+        let names: Vec<&str> = init["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["function"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["add", "subtract", "multiply", "divide"]);
+        assert_eq!(init["tools"][0]["type"], "function");
+        assert_eq!(
+            init["tools"][0]["function"]["parameters"]["required"],
+            json!(["a", "b"])
+        );
+        assert!(
+            !init.to_string().contains("null"),
+            "no JSON nulls in the init answer: {init}"
+        );
 
-    let done = trainer.single_completion("r-right").await;
-    assert_eq!(done["status"], "COMPLETED", "{done}");
-    assert_eq!(done["reward"], 1.0);
-    assert_eq!(done["finish_reason"], "stop");
-    let final_messages = done["final_messages"].as_array().unwrap();
-    assert_eq!(
-        final_messages[..2],
-        body["messages"].as_array().unwrap()[..],
-        "final_messages starts with the init messages"
-    );
-    let tool_msg = &final_messages[3];
-    assert_eq!(
-        tool_msg,
-        &json!({"role": "tool", "content": "8", "tool_call_id": "call_1"})
-    );
-    assert_eq!(done["metrics"]["num_llm_calls"], 2);
-    assert_eq!(done["metrics"]["num_tool_calls"], 1);
-    assert_eq!(done["metrics"]["prompt_tokens"], 20);
-    assert_eq!(done["metrics"]["response_tokens"], 20);
-    assert!(
-        done["metrics"]["total_latency_ms"].as_f64().unwrap()
-            >= done["metrics"]["llm_latency_ms"].as_f64().unwrap()
-    );
-    assert!(done.get("error_message").is_none());
+        let done = trainer.single_completion("r-right").await;
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+        assert_eq!(done["reward"], 1.0);
+        assert_eq!(done["finish_reason"], "stop");
+        let final_messages = done["final_messages"].as_array().unwrap();
+        assert_eq!(
+            final_messages[..2],
+            body["messages"].as_array().unwrap()[..],
+            "final_messages starts with the init messages"
+        );
+        let tool_msg = &final_messages[3];
+        assert_eq!(
+            tool_msg,
+            &json!({"role": "tool", "content": "8", "tool_call_id": "call_1"})
+        );
+        assert_eq!(done["metrics"]["num_llm_calls"], 2);
+        assert_eq!(done["metrics"]["num_tool_calls"], 1);
+        assert_eq!(done["metrics"]["prompt_tokens"], 20);
+        assert_eq!(done["metrics"]["response_tokens"], 20);
+        assert!(
+            done["metrics"]["total_latency_ms"].as_f64().unwrap()
+                >= done["metrics"]["llm_latency_ms"].as_f64().unwrap()
+        );
+        assert!(done.get("error_message").is_none());
 
-    let chats = trainer.chats_for("r-right");
-    assert_eq!(chats.len(), 2);
-    for call in &chats {
-        assert_eq!(call.body["rollout_id"], "r-right");
-        assert_eq!(call.body["temperature"], 0.3);
-        assert_eq!(call.body["max_tokens"], 64);
-        assert_eq!(call.body["stop"], json!(["###"]));
-        assert_eq!(call.body["top_p"], 1.0);
-        assert_eq!(call.body["logprobs"], true);
-        assert_eq!(call.authorization, None, "no bearer without an api_key");
+        let chats = trainer.chats_for("r-right");
+        assert_eq!(chats.len(), 2);
+        for call in &chats {
+            assert_eq!(call.body["rollout_id"], "r-right");
+            assert_eq!(call.body["temperature"], 0.3);
+            assert_eq!(call.body["max_tokens"], 64);
+            assert_eq!(call.body["stop"], json!(["###"]));
+            assert_eq!(call.body["top_p"], 1.0);
+            assert_eq!(call.body["logprobs"], true);
+            assert_eq!(call.authorization, None, "no bearer without an api_key");
+        }
+        // Append-only: each history extends the previous one plus its reply.
+        let first = chats[0].body["messages"].as_array().unwrap();
+        let second = chats[1].body["messages"].as_array().unwrap();
+        assert_eq!(first[..], body["messages"].as_array().unwrap()[..]);
+        assert_eq!(second[..first.len()], first[..]);
+        assert_eq!(second[first.len()]["tool_calls"][0]["id"], "call_1");
+        assert_eq!(trainer.completions()[0].authorization, None);
     }
-    // Append-only: each history extends the previous one plus its reply.
-    let first = chats[0].body["messages"].as_array().unwrap();
-    let second = chats[1].body["messages"].as_array().unwrap();
-    assert_eq!(first[..], body["messages"].as_array().unwrap()[..]);
-    assert_eq!(second[..first.len()], first[..]);
-    assert_eq!(second[first.len()]["tool_calls"][0]["id"], "call_1");
-    assert_eq!(trainer.completions()[0].authorization, None);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_answer_gets_reward_zero_and_api_key_is_sent() {
-    let trainer = Trainer::calculator("multiply", 6.0, 7.0, "41").await;
-    let server = Server::start("calc", &[]);
-    let mut body = init_body("r-wrong", &trainer);
-    body["metadata"] = json!({"ground_truth": "42"});
-    body["api_key"] = json!("trainer-secret");
-    assert_eq!(server.init(&body).await.0, 202);
+    for calc in CALCULATORS {
+        eprintln!("calculator: {calc}");
+        let trainer = Trainer::calculator("multiply", 6.0, 7.0, "41").await;
+        let server = Server::start(calc, &[]);
+        let mut body = init_body("r-wrong", &trainer);
+        body["metadata"] = json!({"ground_truth": "42"});
+        body["api_key"] = json!("trainer-secret");
+        assert_eq!(server.init(&body).await.0, 202);
 
-    let done = trainer.single_completion("r-wrong").await;
-    assert_eq!(done["status"], "COMPLETED");
-    assert_eq!(done["reward"], 0.0);
-    assert_eq!(
-        done["final_messages"][3]["content"], "42",
-        "the tool really ran"
-    );
-    for call in trainer.chats_for("r-wrong") {
-        assert_eq!(call.authorization.as_deref(), Some("Bearer trainer-secret"));
+        let done = trainer.single_completion("r-wrong").await;
+        assert_eq!(done["status"], "COMPLETED");
+        assert_eq!(done["reward"], 0.0);
+        assert_eq!(
+            done["final_messages"][3]["content"], "42",
+            "the tool really ran"
+        );
+        for call in trainer.chats_for("r-wrong") {
+            assert_eq!(call.authorization.as_deref(), Some("Bearer trainer-secret"));
+        }
+        assert_eq!(
+            trainer.completions()[0].authorization.as_deref(),
+            Some("Bearer trainer-secret")
+        );
     }
-    assert_eq!(
-        trainer.completions()[0].authorization.as_deref(),
-        Some("Bearer trainer-secret")
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_ground_truth_means_no_reward_and_tool_errors_reach_the_model() {
-    let trainer = Trainer::calculator("divide", 1.0, 0.0, "0").await;
-    let server = Server::start("calc", &[]);
-    let mut body = init_body("r-div0", &trainer);
-    body["metadata"] = json!({});
-    assert_eq!(server.init(&body).await.0, 202);
-    let done = trainer.single_completion("r-div0").await;
-    assert_eq!(done["status"], "COMPLETED");
-    assert!(done.get("reward").is_none(), "{done}");
-    assert_eq!(
-        done["final_messages"][3]["content"],
-        "Error: division by zero"
-    );
+    for calc in CALCULATORS {
+        eprintln!("calculator: {calc}");
+        let trainer = Trainer::calculator("divide", 1.0, 0.0, "0").await;
+        let server = Server::start(calc, &[]);
+        let mut body = init_body("r-div0", &trainer);
+        body["metadata"] = json!({});
+        assert_eq!(server.init(&body).await.0, 202);
+        let done = trainer.single_completion("r-div0").await;
+        assert_eq!(done["status"], "COMPLETED");
+        assert!(done.get("reward").is_none(), "{done}");
+        assert_eq!(
+            done["final_messages"][3]["content"],
+            "Error: division by zero"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn max_turns_and_max_tokens_end_the_loop() {
-    // A model that always calls a tool.
-    let always_tool = |_: &Value, _| {
-        (
-            200,
-            completion(
-                json!({"role": "assistant", "content": null, "tool_calls": [
-                    {"id": "c", "type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}
-                ]}),
-                "tool_calls",
-                100,
-            ),
-        )
-    };
-    let trainer = Trainer::start(always_tool).await;
-    let server = Server::start("calc", &[]);
-    let mut body = init_body("r-turns", &trainer);
-    body["max_turns"] = json!(3);
-    assert_eq!(server.init(&body).await.0, 202);
-    let done = trainer.single_completion("r-turns").await;
-    assert_eq!(done["finish_reason"], "max_turns");
-    assert_eq!(done["metrics"]["num_llm_calls"], 3);
-    assert_eq!(
-        done["final_messages"][3]["content"], "3",
-        "arguments given as an object are accepted"
-    );
+    for calc in CALCULATORS {
+        eprintln!("calculator: {calc}");
+        // A model that always calls a tool.
+        let always_tool = |_: &Value, _| {
+            (
+                200,
+                completion(
+                    json!({"role": "assistant", "content": null, "tool_calls": [
+                        {"id": "c", "type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}
+                    ]}),
+                    "tool_calls",
+                    100,
+                ),
+            )
+        };
+        let trainer = Trainer::start(always_tool).await;
+        let server = Server::start(calc, &[]);
+        let mut body = init_body("r-turns", &trainer);
+        body["max_turns"] = json!(3);
+        assert_eq!(server.init(&body).await.0, 202);
+        let done = trainer.single_completion("r-turns").await;
+        assert_eq!(done["finish_reason"], "max_turns");
+        assert_eq!(done["metrics"]["num_llm_calls"], 3);
+        assert_eq!(
+            done["final_messages"][3]["content"], "3",
+            "arguments given as an object are accepted"
+        );
 
-    let mut body = init_body("r-tokens", &trainer);
-    body["max_tokens_total"] = json!(250);
-    assert_eq!(server.init(&body).await.0, 202);
-    let done = trainer.single_completion("r-tokens").await;
-    assert_eq!(done["finish_reason"], "max_tokens");
-    assert_eq!(done["metrics"]["num_llm_calls"], 3);
+        let mut body = init_body("r-tokens", &trainer);
+        body["max_tokens_total"] = json!(250);
+        assert_eq!(server.init(&body).await.0, 202);
+        let done = trainer.single_completion("r-tokens").await;
+        assert_eq!(done["finish_reason"], "max_tokens");
+        assert_eq!(done["metrics"]["num_llm_calls"], 3);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn trainer_503_twice_then_200_completes() {
-    let inner = calculator_script("add", 5.0, 3.0, "8");
-    let trainer = Trainer::start(move |body, index| {
-        if index < 2 {
-            (503, json!({"error": "overloaded"}))
-        } else {
-            inner(body, index)
-        }
-    })
-    .await;
-    let server = Server::start("calc", &[]);
-    assert_eq!(server.init(&init_body("r-503", &trainer)).await.0, 202);
-    let done = trainer.single_completion("r-503").await;
-    assert_eq!(done["status"], "COMPLETED", "{done}");
-    assert_eq!(done["reward"], 1.0);
-    assert_eq!(
-        trainer.chats_for("r-503").len(),
-        4,
-        "two failed attempts, then two calls"
-    );
-    assert_eq!(done["metrics"]["num_llm_calls"], 2);
+    for calc in CALCULATORS {
+        eprintln!("calculator: {calc}");
+        let inner = calculator_script("add", 5.0, 3.0, "8");
+        let trainer = Trainer::start(move |body, index| {
+            if index < 2 {
+                (503, json!({"error": "overloaded"}))
+            } else {
+                inner(body, index)
+            }
+        })
+        .await;
+        let server = Server::start(calc, &[]);
+        assert_eq!(server.init(&init_body("r-503", &trainer)).await.0, 202);
+        let done = trainer.single_completion("r-503").await;
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+        assert_eq!(done["reward"], 1.0);
+        assert_eq!(
+            trainer.chats_for("r-503").len(),
+            4,
+            "two failed attempts, then two calls"
+        );
+        assert_eq!(done["metrics"]["num_llm_calls"], 2);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn trainer_400_fails_at_once_with_one_error_callback() {
-    let trainer = Trainer::start(|_, _| (400, json!({"error": "context too long"}))).await;
-    let server = Server::start("calc", &[]);
-    assert_eq!(server.init(&init_body("r-400", &trainer)).await.0, 202);
-    let done = trainer.single_completion("r-400").await;
-    assert_eq!(done["status"], "ERROR");
-    assert_eq!(done["finish_reason"], "error");
-    let msg = done["error_message"].as_str().unwrap();
-    assert!(
-        msg.contains("400") && msg.contains("context too long"),
-        "{msg}"
-    );
-    assert_eq!(trainer.chats_for("r-400").len(), 1, "4xx is not retried");
-    assert_eq!(
-        done["final_messages"].as_array().unwrap().len(),
-        2,
-        "history so far"
-    );
+    for calc in CALCULATORS {
+        eprintln!("calculator: {calc}");
+        let trainer = Trainer::start(|_, _| (400, json!({"error": "context too long"}))).await;
+        let server = Server::start(calc, &[]);
+        assert_eq!(server.init(&init_body("r-400", &trainer)).await.0, 202);
+        let done = trainer.single_completion("r-400").await;
+        assert_eq!(done["status"], "ERROR");
+        assert_eq!(done["finish_reason"], "error");
+        let msg = done["error_message"].as_str().unwrap();
+        assert!(
+            msg.contains("400") && msg.contains("context too long"),
+            "{msg}"
+        );
+        assert_eq!(trainer.chats_for("r-400").len(), 1, "4xx is not retried");
+        assert_eq!(
+            done["final_messages"].as_array().unwrap().len(),
+            2,
+            "history so far"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn trainer_5xx_forever_gives_up_after_the_retries() {
-    let trainer = Trainer::start(|_, _| (502, json!({"error": "bad gateway"}))).await;
-    let server = Server::start("calc", &["--chat-retries", "2"]);
-    assert_eq!(server.init(&init_body("r-502", &trainer)).await.0, 202);
-    let done = trainer.single_completion("r-502").await;
-    assert_eq!(done["status"], "ERROR");
-    assert!(done["error_message"].as_str().unwrap().contains("502"));
-    assert_eq!(
-        trainer.chats_for("r-502").len(),
-        3,
-        "first attempt and two retries"
-    );
+    for calc in CALCULATORS {
+        eprintln!("calculator: {calc}");
+        let trainer = Trainer::start(|_, _| (502, json!({"error": "bad gateway"}))).await;
+        let server = Server::start(calc, &["--chat-retries", "2"]);
+        assert_eq!(server.init(&init_body("r-502", &trainer)).await.0, 202);
+        let done = trainer.single_completion("r-502").await;
+        assert_eq!(done["status"], "ERROR");
+        assert!(done["error_message"].as_str().unwrap().contains("502"));
+        assert_eq!(
+            trainer.chats_for("r-502").len(),
+            3,
+            "first attempt and two retries"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
