@@ -22,17 +22,21 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The calculator agent in each guest language: Rust, Python, JavaScript.
-pub const CALCULATORS: [&str; 2] = ["calc", "calc-js"];
+pub const CALCULATORS: [&str; 3] = ["calc", "calc-py", "calc-js"];
 
-/// The plugin `name`: a directory `plugins/<name>/` with a `build.sh` is
-/// built by it (once per test run; its last line is the .wasm); any other
+/// The misbehaving test plugin in each guest language.
+pub const MISBEHAVERS: [&str; 3] = ["misbehave", "misbehave-py", "misbehave-js"];
+
+/// The plugin `name`: a directory `plugins/<name>/` or
+/// `plugins/testing/<name>/` with a `build.sh` is built by it (once per test run; its last line is the .wasm); any other
 /// name is a crate of the Rust guest workspace.
 pub fn plugin(name: &str) -> PathBuf {
-    let script = repo_root().join("plugins").join(name).join("build.sh");
-    if script.exists() {
-        built_by_script(name, &script)
-    } else {
-        rust_plugin(name)
+    let plugins = repo_root().join("plugins");
+    let scripts =
+        [plugins.join(name), plugins.join("testing").join(name)].map(|d| d.join("build.sh"));
+    match scripts.iter().find(|s| s.exists()) {
+        Some(script) => built_by_script(name, script),
+        None => rust_plugin(name),
     }
 }
 

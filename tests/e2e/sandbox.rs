@@ -381,3 +381,73 @@ async fn hostile_rollouts_do_not_disturb_the_others_or_leak() {
         "RSS {after} KiB vs baseline {baseline_rss} KiB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_and_errors_name_their_cause_in_every_guest_language() {
+    let trainer = Trainer::calculator("add", 1.0, 1.0, "2").await;
+    for name in MISBEHAVERS {
+        let server = Server::start(name, &["--cpu-budget", "1", "--max-memory-mib", "64"]);
+        let agent = if name == "misbehave" {
+            "misbehave"
+        } else {
+            name
+        };
+        let label = build_label(name, agent);
+        // The Rust plugin's names for the same misbehaviour.
+        let mode = |m: &'static str| match (name, m) {
+            ("misbehave", "throw") => "error",
+            _ => m,
+        };
+        for (what, expected) in [
+            (
+                "spin",
+                format!("plugin {label} exceeded its CPU budget of 1s"),
+            ),
+            (
+                "alloc",
+                format!("plugin {label} exceeded its memory limit of 64 MiB"),
+            ),
+        ] {
+            let id = format!("{name}-{what}");
+            let (done, _) = run_hostile(&server, &trainer, &id, mode(what)).await;
+            let msg = done["error_message"].as_str().unwrap_or_default();
+            assert!(msg.starts_with(&expected), "{name} {what}: {done}");
+        }
+        let (done, _) =
+            run_hostile(&server, &trainer, &format!("{name}-throw"), mode("throw")).await;
+        let msg = done["error_message"].as_str().unwrap_or_default();
+        assert!(
+            msg.starts_with(&format!("plugin {label} run failed: ")),
+            "{name}: {msg}"
+        );
+        assert!(msg.contains("deliberate error"), "{name}: {msg}");
+        let (done, _) = run_hostile(&server, &trainer, &format!("{name}-recurse"), "recurse").await;
+        assert_eq!(done["status"], "ERROR", "{name}: {done}");
+        // The wasm stack, the interpreter's own recursion guard, or (a
+        // Python told to recurse without bound) the memory its frames take.
+        let msg = done["error_message"].as_str().unwrap_or_default();
+        assert!(
+            [
+                "exceeded its stack limit of 512 KiB",
+                "too much recursion",
+                "RecursionError",
+                "exceeded its memory limit of 64 MiB"
+            ]
+            .iter()
+            .any(|cause| msg.contains(cause)),
+            "{name}: {msg}"
+        );
+        // Its output reaches the log, tagged with the rollout.
+        let id = format!("{name}-print");
+        let _ = run_hostile(&server, &trainer, &id, mode("print")).await;
+        let log = server.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&id) && l.contains("misbehave")),
+            "{name}: {log}"
+        );
+        // Still serving.
+        let (done, _) = run_hostile(&server, &trainer, &format!("{name}-after"), "echo").await;
+        assert_eq!(done["status"], "COMPLETED", "{name}: {done}");
+    }
+}

@@ -43,6 +43,12 @@ pub enum Failure {
     },
     /// A limit stopped it.
     Limit(LimitExceeded),
+    /// A limit refused it something (memory), and it then returned an
+    /// error of its own (a Python `MemoryError`, a JS "out of memory").
+    LimitThenError {
+        limit: LimitExceeded,
+        message: String,
+    },
     /// It returned a tool whose schema is not a JSON object.
     BadTool(String),
     /// The host had no room for the instance (the pool is full, or the
@@ -68,6 +74,12 @@ impl fmt::Display for GuestError {
                 write!(f, "plugin {plugin} {limit}")
             }
             Failure::Limit(limit) => write!(f, "plugin {plugin} {limit} in {stage}"),
+            Failure::LimitThenError { limit, message } => {
+                write!(
+                    f,
+                    "plugin {plugin} {limit} ({stage} then failed: {message})"
+                )
+            }
             Failure::PluginError(message) => write!(f, "plugin {plugin} {stage} failed: {message}"),
             Failure::NoRoom(reason) => write!(
                 f,
@@ -93,6 +105,18 @@ impl fmt::Display for GuestError {
             }
         }
     }
+}
+
+/// The plugin's own error; when the memory limit refused it memory first,
+/// that limit is the cause, told with the plugin's message.
+pub fn plugin_error(message: String, store: &mut Store<StoreState>) -> Failure {
+    let limiter = &store.data().limiter;
+    if !limiter.memory_exceeded {
+        return Failure::PluginError(message);
+    }
+    let limit = LimitExceeded::Memory(limiter.max_memory());
+    store.data_mut().host.record_limit(&limit);
+    Failure::LimitThenError { limit, message }
 }
 
 /// The limit behind `err`, if any: a host function's or the epoch

@@ -606,7 +606,9 @@ impl Plugin {
         .await;
         let (agent, wit_tools) = match started {
             Ok(Ok((agent, Ok(tools)))) => (agent, tools),
-            Ok(Ok((_, Err(msg)))) => return Err(self.error(stage, Failure::PluginError(msg))),
+            Ok(Ok((_, Err(msg)))) => {
+                return Err(self.error(stage, failure::plugin_error(msg, &mut store)));
+            }
             Ok(Err(e)) => return Err(self.error(stage, failure::classify(&e, &mut store))),
             Err(_) => {
                 let limit = LimitExceeded::WallClock(deadline);
@@ -676,7 +678,7 @@ impl Instance {
             .await
         {
             Ok(Ok(())) => return Ok(()),
-            Ok(Err(msg)) => Failure::PluginError(msg),
+            Ok(Err(msg)) => failure::plugin_error(msg, &mut self.store),
             Err(e) => failure::classify(&e, &mut self.store),
         };
         Err(self.error(Stage::Run, failure))

@@ -78,6 +78,11 @@ impl Agent for Misbehave {
                 }
                 ctx.complete_with(&messages, "stop", Some(1.0), one("hash", json!(h)))
             }
+            "print" => {
+                println!("misbehave: hello from {}", request.rollout_id);
+                eprintln!("misbehave: on stderr");
+                ctx.complete(&messages, "stop", Some(1.0))
+            }
             "print-flood" => {
                 // `mib` MiB of 100-byte lines on stdout, then a normal end.
                 use std::io::Write;

@@ -1,0 +1,40 @@
+"""A Python plugin that misbehaves on request, for the sandbox tests:
+`metadata.mode` picks what `run` does. Any other mode completes at once."""
+
+import sys
+
+from rollout_guest import AgentLoop, export
+
+
+class Misbehave(AgentLoop):
+    name = "misbehave-py"
+
+    def get_tools(self, request):
+        return []
+
+    def run(self, ctx):
+        mode = ctx.request.metadata.get("mode")
+        if mode == "throw":
+            raise TypeError("misbehave: deliberate error")
+        if mode == "spin":
+            while True:
+                pass
+        if mode == "alloc":
+            # Keeps every block alive until the memory limit stops it.
+            kept = []
+            while True:
+                kept.append(bytearray(1 << 20))
+        if mode == "recurse":
+            sys.setrecursionlimit(1_000_000)
+
+            def deeper(n):
+                return deeper(n + 1) + 1
+
+            deeper(0)
+        if mode == "print":
+            print(f"misbehave: hello from {ctx.request.rollout_id}")
+            print("misbehave: on stderr", file=sys.stderr)
+        ctx.complete(ctx.request.messages, finish_reason="stop", reward=1.0)
+
+
+Agent = export(Misbehave)
