@@ -1,8 +1,9 @@
 //! End-to-end benchmark: the real `rollout-host` release binary serving
-//! `calc.wasm`, driven by a scripted trainer in this process.
+//! `calc.wasm` (or any calculator plugin, `--plugin PATH`: the Python and JS
+//! ones), driven by a scripted trainer in this process.
 //!
 //! ```text
-//! cargo bench --bench rollouts -- [--rollouts N] [--concurrency C]
+//! cargo bench --bench rollouts -- [--plugin PATH] [--rollouts N] [--concurrency C]
 //!     [--trainer-latency-ms L] [--tool-turns T] [--logprobs-tokens K]
 //!     [--warmup W] [--init-parallelism P] [--sample-every-s S]
 //!     [--idle-after-s I] [-- HOST ARGS...]
@@ -53,6 +54,8 @@ struct Options {
     /// Stay idle this long after the run, then read the RSS.
     idle_after: Duration,
     host_args: Vec<String>,
+    /// The plugin served (default: the Rust calculator, built here).
+    plugin: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -67,6 +70,7 @@ fn parse_args() -> Result<Options, String> {
         sample_every: Duration::ZERO,
         idle_after: Duration::ZERO,
         host_args: Vec::new(),
+        plugin: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -89,6 +93,9 @@ fn parse_args() -> Result<Options, String> {
                 o.sample_every = Duration::from_secs(value("--sample-every-s")? as u64)
             }
             "--idle-after-s" => o.idle_after = Duration::from_secs(value("--idle-after-s")? as u64),
+            "--plugin" => {
+                o.plugin = Some(args.next().ok_or("--plugin needs a path")?.into());
+            }
             "--bench" => {} // passed by `cargo bench`
             // `cargo bench` appends `--bench`, after ours too.
             "--" => o.host_args.extend(args.by_ref().filter(|a| a != "--bench")),
@@ -569,7 +576,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let plugin = build_calc();
+    let plugin = match &o.plugin {
+        Some(path) => path.clone(),
+        None => build_calc(),
+    };
+    println!("plugin {}", plugin.display());
     // The trainer and the driver each get a thread of their own, so the
     // driver's clock is not held up behind the trainer's request queue (in
     // production the trainer is another machine).
