@@ -137,16 +137,16 @@ impl Pool {
     }
 }
 
-/// The wasm runtime: a small warm pool whose slots keep their pages
-/// resident between rollouts (reusing them costs no page faults: the steady
-/// state), and the main pool for everything beyond it, whose slots give
-/// their pages back when an instance ends (so a burst's memory returns once
-/// it is over). wasmtime never trims an idle slot, so this split is what
-/// bounds the memory kept: `warm_slots` x what one rollout touches.
+/// The wasm runtime: the main pool, whose slots give their pages back when
+/// an instance ends (so a burst's memory returns once it is over), and per
+/// plugin a small warm pool whose slots keep their pages resident between
+/// rollouts (reusing them costs no page faults: the steady state), sized to
+/// the plugin. wasmtime never trims an idle slot, so this split is what
+/// bounds the memory kept: the warm slots x what one rollout keeps.
 pub struct Runtime {
     main: Pool,
-    /// The warm pool and its places (`warm_slots` of them).
-    warm: Option<(Pool, Places)>,
+    /// Whether plugins get a warm pool (pooling works and `warm_slots` > 0).
+    warm: bool,
     allocator: Allocator,
     config: RuntimeConfig,
     heavy_lane: fair_share::HeavyLane,
@@ -156,13 +156,7 @@ impl Runtime {
     pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
         let (engine, allocator) = new_engine(&config, config.instance_slots, Keep::NOTHING)?;
         let main = Pool::new(engine)?;
-        let warm = match (allocator, config.warm_slots) {
-            (Allocator::Pooling, slots) if slots > 0 => {
-                let (engine, _) = new_engine(&config, slots, Keep::WARM)?;
-                Some((Pool::new(engine)?, Places::default()))
-            }
-            _ => None,
-        };
+        let warm = allocator == Allocator::Pooling && config.warm_slots > 0;
         Ok(Self {
             main,
             warm,
@@ -208,20 +202,10 @@ impl Runtime {
         );
         check_exports(&self.main.engine, &compiled.component, &path)?;
         let main = prepare(&self.main, &compiled.component, &path)?;
-        let warm = match &self.warm {
-            None => None,
-            Some((pool, _)) => {
-                let component = compiled
-                    .artifact
-                    .load(&pool.engine)
-                    .map_err(|e| LoadError::Engine(one_line(&e)))?;
-                Some(prepare(pool, &component, &path)?)
-            }
-        };
         let mut plugin = Plugin {
             runtime: self.clone(),
             main,
-            warm,
+            warm: None,
             name: String::new(),
             label: format!("@{}", &sha256[..7]).into(),
             shared_tools: Mutex::default(),
@@ -237,10 +221,52 @@ impl Runtime {
             .await
             .map_err(startup)?;
         let name = instance.name().await.map_err(startup)?;
+        let memory = instance.memory_size();
+        drop(instance);
         plugin.label = format!("{name}@{}", &plugin.sha256[..7]).into();
         plugin.name = name;
+        if self.warm {
+            plugin.warm = self.warm_pool(&compiled.artifact, memory, &plugin.path);
+        }
         Ok(plugin)
     }
+
+    /// A warm pool for a plugin whose instances start with `memory` bytes
+    /// of linear memory, or none (logged) when the machine cannot give it
+    /// one: rollouts then all come from the main pool.
+    fn warm_pool(&self, artifact: &Artifact, memory: usize, path: &Path) -> Option<WarmPool> {
+        let keep = Keep::warm_for(memory);
+        let slots = keep.slots(self.config.warm_slots);
+        let made = new_engine(&self.config, slots, keep).and_then(|(engine, _)| {
+            let pool = Pool::new(engine)?;
+            let component = artifact
+                .load(&pool.engine)
+                .map_err(|e| LoadError::Engine(one_line(&e)))?;
+            prepare(&pool, &component, path)
+        });
+        match made {
+            Ok(placement) => {
+                tracing::debug!(slots, keep_memory = keep.memory, "warm pool ready");
+                Some(WarmPool {
+                    placement,
+                    places: Places::default(),
+                    slots: slots as usize,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no warm pool for this plugin; every rollout uses the main pool");
+                None
+            }
+        }
+    }
+}
+
+/// A plugin's warm pool: its instances keep their pages between rollouts.
+struct WarmPool {
+    placement: Placement,
+    /// Its instances in use, at most `slots`.
+    places: Places,
+    slots: usize,
 }
 
 /// A compiled plugin, and where another engine with the same settings
@@ -339,12 +365,21 @@ fn prepare(pool: &Pool, component: &Component, path: &Path) -> Result<Placement,
 }
 
 /// What a pooled slot keeps resident when its instance ends.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Keep {
     stack: usize,
     memory: usize,
     table: usize,
+    /// Find the pages a rollout dirtied with the PAGEMAP_SCAN ioctl and
+    /// reset only those (else: reset all `memory` bytes kept).
+    pagemap: bool,
 }
+
+/// Linear memory at start-up above which a plugin is an interpreter-sized
+/// one (componentize-py, componentize-js: a heap image of megabytes).
+const BIG_MEMORY: usize = 4 << 20;
+/// Most memory the warm slots of one plugin keep resident.
+const WARM_MEMORY_BUDGET: usize = 1 << 30;
 
 impl Keep {
     /// Everything given back: memory follows the instances alive.
@@ -352,6 +387,7 @@ impl Keep {
         stack: 0,
         memory: 0,
         table: 0,
+        pagemap: true,
     };
     /// What a small agent's rollout touches, kept for the next one (with
     /// the PAGEMAP_SCAN ioctl, Linux >= 6.7, only the dirtied pages are
@@ -363,7 +399,35 @@ impl Keep {
         stack: 32 << 10,
         memory: 256 << 10,
         table: 64 << 10,
+        pagemap: true,
     };
+
+    /// What a warm slot keeps for a plugin starting with `memory` bytes of
+    /// linear memory. An interpreter's rollout writes all over its heap
+    /// image: more scattered pages than PAGEMAP_SCAN reports (wasmtime asks
+    /// for 32 regions; the rest is given back and each later write to it
+    /// is a copy-on-write fault, with a TLB shootdown across the host's
+    /// threads: 6 ms of system time per Python rollout here). So its whole
+    /// memory is kept and reset by copying from the image, which costs
+    /// well under a tenth of that.
+    fn warm_for(memory: usize) -> Keep {
+        if memory <= BIG_MEMORY {
+            return Keep::WARM;
+        }
+        Keep {
+            stack: Keep::WARM.stack,
+            memory: memory.next_multiple_of(1 << 20),
+            table: 1 << 20,
+            pagemap: false,
+        }
+    }
+
+    /// Warm slots for this keep: `wanted`, fewer when they would keep more
+    /// than [`WARM_MEMORY_BUDGET`].
+    fn slots(&self, wanted: u32) -> u32 {
+        let fit = WARM_MEMORY_BUDGET / self.memory.max(1);
+        wanted.min(u32::try_from(fit).unwrap_or(u32::MAX)).max(1)
+    }
 }
 
 fn new_engine(
@@ -393,7 +457,10 @@ fn new_engine(
     let warm_slots_kept = if keep.memory > 0 { slots } else { 0 };
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(slots)
-        .total_core_instances(slots.saturating_mul(8))
+        // A counter, not a reservation: componentize-py's components hold
+        // 14 core instances each (8 per slot made Python rollouts past
+        // 44 warm ones fail for want of core instances).
+        .total_core_instances(slots.saturating_mul(32))
         // One linear memory per instance (what Rust, Python and JS guests
         // have): each reserves ~4 GiB of address space, so this is what
         // bounds the pool's size.
@@ -404,7 +471,11 @@ fn new_engine(
         .linear_memory_keep_resident(keep.memory)
         .table_keep_resident(keep.table)
         .max_unused_warm_slots(warm_slots_kept)
-        .pagemap_scan(Enabled::Auto)
+        .pagemap_scan(if keep.pagemap {
+            Enabled::Auto
+        } else {
+            Enabled::No
+        })
         .max_memory_size(limits.max_memory_bytes);
     if config.allocator != AllocatorChoice::OnDemand {
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -476,8 +547,8 @@ pub(crate) fn one_line(e: &wasmtime::Error) -> String {
 pub struct Plugin {
     runtime: Arc<Runtime>,
     main: Placement,
-    /// The same component in the warm pool.
-    warm: Option<Placement>,
+    /// The same component in its warm pool.
+    warm: Option<WarmPool>,
     name: String,
     /// sha256 of the component file, hex.
     sha256: String,
@@ -526,10 +597,10 @@ impl Plugin {
 
     /// Where a new instance goes: the warm pool while it has room.
     fn place(&self) -> (&Placement, Option<Place>) {
-        if let (Some(warm), Some((_, places))) = (&self.warm, &self.runtime.warm)
-            && let Some(slot) = places.try_take(self.runtime.config.warm_slots as usize)
+        if let Some(warm) = &self.warm
+            && let Some(slot) = warm.places.try_take(warm.slots)
         {
-            return (warm, Some(slot));
+            return (&warm.placement, Some(slot));
         }
         (&self.main, None)
     }
@@ -655,6 +726,11 @@ impl Instance {
         }
     }
 
+    /// Its linear memory's size so far.
+    pub fn memory_size(&self) -> usize {
+        self.store.data().limiter.peak_memory
+    }
+
     /// The plugin build this instance runs (`name@sha256-prefix`).
     pub fn plugin(&self) -> &Arc<str> {
         &self.plugin
@@ -694,5 +770,26 @@ impl Instance {
     /// The host-side state: completion, metrics, history.
     pub fn into_host(self) -> RolloutHost {
         self.store.into_data().into_host()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warm_slots_keep_what_the_plugin_needs_within_the_budget() {
+        // The Rust calculator starts with 2 MiB: the small keep, found by
+        // PAGEMAP_SCAN, for every warm slot.
+        assert_eq!(Keep::warm_for(2 << 20), Keep::WARM);
+        assert_eq!(Keep::WARM.slots(256), 256);
+        // componentize-py's calculator starts with ~13.3 MB: all of it kept,
+        // reset by copying, in as many slots as 1 GiB holds.
+        let python = Keep::warm_for(13_300_000);
+        assert_eq!(python.memory, 13 << 20);
+        assert!(!python.pagemap);
+        assert_eq!(python.slots(256), 78);
+        assert_eq!(python.slots(16), 16);
+        assert_eq!(Keep::warm_for(2 << 30).slots(256), 1);
     }
 }
