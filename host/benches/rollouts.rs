@@ -3,7 +3,8 @@
 //! ones), driven by a scripted trainer in this process.
 //!
 //! ```text
-//! cargo bench --bench rollouts -- [--plugin PATH] [--rollouts N] [--concurrency C]
+//! cargo bench --bench rollouts -- [--plugin PATH] [--against-reference]
+//!     [--rollouts N] [--concurrency C]
 //!     [--trainer-latency-ms L] [--tool-turns T] [--logprobs-tokens K]
 //!     [--warmup W] [--init-parallelism P] [--sample-every-s S]
 //!     [--idle-after-s I] [-- HOST ARGS...]
@@ -19,6 +20,9 @@
 //! costs; `--idle-after-s` waits idle after the run and prints the RSS
 //! then (memory given back after a burst). `ROLLOUT_BENCH_HOST=PATH` runs
 //! another build of the host, to compare builds in alternating runs.
+//! `--against-reference` then runs the same against the Python reference
+//! server (`osmosis serve` with the calculator agent of `bench/reference/`,
+//! installed there on first use) and prints the ratios.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -56,6 +60,9 @@ struct Options {
     host_args: Vec<String>,
     /// The plugin served (default: the Rust calculator, built here).
     plugin: Option<std::path::PathBuf>,
+    /// Then run the same against the reference server (`osmosis serve`
+    /// with the calculator, `bench/reference/serve.sh`).
+    against_reference: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -71,6 +78,7 @@ fn parse_args() -> Result<Options, String> {
         idle_after: Duration::ZERO,
         host_args: Vec::new(),
         plugin: None,
+        against_reference: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -96,6 +104,7 @@ fn parse_args() -> Result<Options, String> {
             "--plugin" => {
                 o.plugin = Some(args.next().ok_or("--plugin needs a path")?.into());
             }
+            "--against-reference" => o.against_reference = true,
             "--bench" => {} // passed by `cargo bench`
             // `cargo bench` appends `--bench`, after ours too.
             "--" => o.host_args.extend(args.by_ref().filter(|a| a != "--bench")),
@@ -262,6 +271,42 @@ fn start_host(plugin: &Path, o: &Options) -> Host {
             std::process::exit(1);
         }
     }
+}
+
+/// The reference server, `bench/reference/serve.sh PORT` (which installs
+/// it on first use and execs it, so its pid is the server's), once its
+/// /health answers.
+async fn start_reference() -> Host {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/reference/serve.sh");
+    let child = Command::new("bash")
+        .arg(&script)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the reference server");
+    let host = Host {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        let health = client.get(format!("{}/health", host.url)).send().await;
+        if health.is_ok_and(|r| r.status().is_success()) {
+            return host;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "rollouts bench: the reference server did not answer /health ({})",
+        script.display()
+    );
+    std::process::exit(1);
 }
 
 /// What /proc says of a process.
@@ -613,109 +658,179 @@ fn main() {
     rollout_host::runtime::capacity::raise_open_file_limit();
     let trainer_handle = trainer_runtime.handle().clone();
     runtime.block_on(async move {
-        let host = start_host(&plugin, &o);
-        let pid = host.child.id();
-        if o.warmup > 0 {
-            let warm = drive(&host.url, &trainer, &trainer_url, "warm", o.warmup, &o).await;
-            assert_eq!(warm.errors, 0, "warm-up failed: {:?}", warm.first_error);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let before = process_usage(pid);
-        let bench_before = process_usage(std::process::id());
-        let sampler = RssSampler::start(pid);
-        let stop_samples = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let samples = (!o.sample_every.is_zero()).then(|| {
-            trainer_handle.spawn(sample(
-                pid,
-                format!("{}/health", host.url),
-                trainer.clone(),
-                o.sample_every,
-                stop_samples.clone(),
-            ))
-        });
-        let run = drive(&host.url, &trainer, &trainer_url, "run", o.rollouts, &o).await;
-        let after = process_usage(pid);
-        let bench_after = process_usage(std::process::id());
-        let (sampled_peak, shmem_at_peak) = sampler.stop();
-        stop_samples.store(true, Ordering::Relaxed);
-        let samples = match samples {
-            Some(task) => task.await.unwrap_or_default(),
-            None => Vec::new(),
-        };
-
-        let done = run.end_to_end.len();
-        let per_rollout = |d: Duration| d.as_secs_f64() * 1e6 / o.rollouts.max(1) as f64;
-        let (user, system) = (after.user - before.user, after.system - before.system);
-        let in_flight = o.concurrency.min(o.rollouts).max(1);
-        let mib = |kib: u64| kib as f64 / 1024.0;
-        let rss_peak = after.peak_rss_kib.max(sampled_peak);
-        let private_peak = sampled_peak.saturating_sub(shmem_at_peak);
-        println!(
-            "rollout-host bench: {} rollouts, {} in flight, trainer latency {} ms, {} tool turn(s), {} tokens of logprobs; {} CPUs",
-            o.rollouts,
-            o.concurrency,
-            o.trainer_latency.as_millis(),
-            o.tool_turns,
-            o.logprobs_tokens,
-            std::thread::available_parallelism().map_or(0, |n| n.get())
-        );
-        println!("  throughput            {:.0} rollouts/s ({done} completed in {:.2} s)", done as f64 / run.wall.as_secs_f64(), run.wall.as_secs_f64());
-        println!("  init latency          p50 {}  p99 {}", pct(&run.init, 50.0), pct(&run.init, 99.0));
-        println!("  end-to-end latency    p50 {}  p99 {}", pct(&run.end_to_end, 50.0), pct(&run.end_to_end, 99.0));
-        println!(
-            "  host CPU per rollout  {:.0} us (user {:.0}, system {:.0}; {:.2} s over the run)",
-            per_rollout(user + system),
-            per_rollout(user),
-            per_rollout(system),
-            (user + system).as_secs_f64()
-        );
-        let bench_cpu = (bench_after.user + bench_after.system)
-            .saturating_sub(bench_before.user + bench_before.system);
-        println!(
-            "  bench CPU per rollout {:.0} us (trainer, driver and RSS sampler, on the same CPUs)",
-            per_rollout(bench_cpu)
-        );
-        println!(
-            "  host RSS              peak {:.1} MiB, idle {:.1} MiB, {:.1} KiB per in-flight rollout",
-            mib(rss_peak),
-            mib(before.rss_kib),
-            rss_peak.saturating_sub(before.rss_kib) as f64 / in_flight as f64
-        );
-        println!(
-            "                        at the sampled peak: {:.1} MiB private, {:.1} MiB shared plugin image (one copy, counted once per instance)",
-            mib(private_peak),
-            mib(shmem_at_peak)
-        );
-        summarize_soak(&samples);
-        if run.refused > 0 {
-            println!("  429s (retried)        {}", run.refused);
-        }
-        println!("  errors                {}", run.errors);
-        if let Some(e) = &run.first_error {
-            println!("  first error           {e}");
-        }
-        if !o.idle_after.is_zero() {
-            let idle_started = Instant::now();
-            while idle_started.elapsed() < o.idle_after {
-                tokio::time::sleep(Duration::from_secs(10).min(o.idle_after)).await;
-                println!(
-                    "  idle {:>4.0} s           RSS {:.1} MiB",
-                    idle_started.elapsed().as_secs_f64(),
-                    mib(process_usage(pid).rss_kib)
-                );
-            }
-            let idle = process_usage(pid).rss_kib;
+        let ours = measure(start_host(&plugin, &o), "rollout-host", "", &trainer, &trainer_url, &trainer_handle, &o).await;
+        if o.against_reference {
+            println!();
+            let reference = measure(
+                start_reference().await,
+                "reference (osmosis serve)",
+                "ref-",
+                &trainer,
+                &trainer_url,
+                &trainer_handle,
+                &o,
+            )
+            .await;
             println!(
-                "  RSS after {} s idle    {:.1} MiB: {:+.0}% of the {:.1} MiB before the run",
-                o.idle_after.as_secs(),
-                mib(idle),
-                (idle as f64 / before.rss_kib as f64 - 1.0) * 100.0,
-                mib(before.rss_kib)
+                "\nrollout-host / reference: {:.1}x the throughput, {:.1}x less host CPU per rollout",
+                ours.throughput / reference.throughput,
+                reference.cpu_per_rollout / ours.cpu_per_rollout
             );
         }
-        drop(host);
-        if run.errors > 0 {
-            std::process::exit(1);
-        }
     });
+}
+
+/// What one server's measured run gave.
+struct Measured {
+    throughput: f64,
+    /// Microseconds of the server's CPU per rollout.
+    cpu_per_rollout: f64,
+}
+
+/// Warms `host` up, drives the measured run (rollout ids start with
+/// `prefix`), prints its figures under `label`.
+async fn measure(
+    host: Host,
+    label: &str,
+    prefix: &str,
+    trainer: &Arc<Trainer>,
+    trainer_url: &str,
+    trainer_handle: &tokio::runtime::Handle,
+    o: &Options,
+) -> Measured {
+    let pid = host.child.id();
+    if o.warmup > 0 {
+        let warm = drive(
+            &host.url,
+            trainer,
+            trainer_url,
+            &format!("{prefix}warm"),
+            o.warmup,
+            o,
+        )
+        .await;
+        assert_eq!(warm.errors, 0, "warm-up failed: {:?}", warm.first_error);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = process_usage(pid);
+    let bench_before = process_usage(std::process::id());
+    let sampler = RssSampler::start(pid);
+    let stop_samples = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let samples = (!o.sample_every.is_zero()).then(|| {
+        trainer_handle.spawn(sample(
+            pid,
+            format!("{}/health", host.url),
+            trainer.clone(),
+            o.sample_every,
+            stop_samples.clone(),
+        ))
+    });
+    let run = drive(
+        &host.url,
+        trainer,
+        trainer_url,
+        &format!("{prefix}run"),
+        o.rollouts,
+        o,
+    )
+    .await;
+    let after = process_usage(pid);
+    let bench_after = process_usage(std::process::id());
+    let (sampled_peak, shmem_at_peak) = sampler.stop();
+    stop_samples.store(true, Ordering::Relaxed);
+    let samples = match samples {
+        Some(task) => task.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+
+    let done = run.end_to_end.len();
+    let per_rollout = |d: Duration| d.as_secs_f64() * 1e6 / o.rollouts.max(1) as f64;
+    let (user, system) = (after.user - before.user, after.system - before.system);
+    let in_flight = o.concurrency.min(o.rollouts).max(1);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let rss_peak = after.peak_rss_kib.max(sampled_peak);
+    let private_peak = sampled_peak.saturating_sub(shmem_at_peak);
+    println!(
+        "{label} bench: {} rollouts, {} in flight, trainer latency {} ms, {} tool turn(s), {} tokens of logprobs; {} CPUs",
+        o.rollouts,
+        o.concurrency,
+        o.trainer_latency.as_millis(),
+        o.tool_turns,
+        o.logprobs_tokens,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "  throughput            {:.0} rollouts/s ({done} completed in {:.2} s)",
+        done as f64 / run.wall.as_secs_f64(),
+        run.wall.as_secs_f64()
+    );
+    println!(
+        "  init latency          p50 {}  p99 {}",
+        pct(&run.init, 50.0),
+        pct(&run.init, 99.0)
+    );
+    println!(
+        "  end-to-end latency    p50 {}  p99 {}",
+        pct(&run.end_to_end, 50.0),
+        pct(&run.end_to_end, 99.0)
+    );
+    println!(
+        "  host CPU per rollout  {:.0} us (user {:.0}, system {:.0}; {:.2} s over the run)",
+        per_rollout(user + system),
+        per_rollout(user),
+        per_rollout(system),
+        (user + system).as_secs_f64()
+    );
+    let bench_cpu = (bench_after.user + bench_after.system)
+        .saturating_sub(bench_before.user + bench_before.system);
+    println!(
+        "  bench CPU per rollout {:.0} us (trainer, driver and RSS sampler, on the same CPUs)",
+        per_rollout(bench_cpu)
+    );
+    println!(
+        "  host RSS              peak {:.1} MiB, idle {:.1} MiB, {:.1} KiB per in-flight rollout",
+        mib(rss_peak),
+        mib(before.rss_kib),
+        rss_peak.saturating_sub(before.rss_kib) as f64 / in_flight as f64
+    );
+    println!(
+        "                        at the sampled peak: {:.1} MiB private, {:.1} MiB shared plugin image (one copy, counted once per instance)",
+        mib(private_peak),
+        mib(shmem_at_peak)
+    );
+    summarize_soak(&samples);
+    if run.refused > 0 {
+        println!("  429s (retried)        {}", run.refused);
+    }
+    println!("  errors                {}", run.errors);
+    if let Some(e) = &run.first_error {
+        println!("  first error           {e}");
+    }
+    if !o.idle_after.is_zero() {
+        let idle_started = Instant::now();
+        while idle_started.elapsed() < o.idle_after {
+            tokio::time::sleep(Duration::from_secs(10).min(o.idle_after)).await;
+            println!(
+                "  idle {:>4.0} s           RSS {:.1} MiB",
+                idle_started.elapsed().as_secs_f64(),
+                mib(process_usage(pid).rss_kib)
+            );
+        }
+        let idle = process_usage(pid).rss_kib;
+        println!(
+            "  RSS after {} s idle    {:.1} MiB: {:+.0}% of the {:.1} MiB before the run",
+            o.idle_after.as_secs(),
+            mib(idle),
+            (idle as f64 / before.rss_kib as f64 - 1.0) * 100.0,
+            mib(before.rss_kib)
+        );
+    }
+    drop(host);
+    if run.errors > 0 {
+        std::process::exit(1);
+    }
+    Measured {
+        throughput: done as f64 / run.wall.as_secs_f64(),
+        cpu_per_rollout: per_rollout(user + system),
+    }
 }
