@@ -359,26 +359,25 @@ pub struct TestArgs {
 /// The compile cache (serving and test mode).
 #[derive(Debug, Args)]
 pub struct CacheArgs {
-    /// Where compiled plugins are kept (private to this user), so a restart
-    /// or a swap back to a known build skips compiling it [default:
-    /// $XDG_CACHE_HOME/rollout-host/compiled, else ~/.cache/rollout-host/compiled].
-    #[arg(long, env = "ROLLOUT_COMPILE_CACHE", value_name = "DIR")]
-    pub compile_cache: Option<PathBuf>,
+    /// Where compiled plugins are kept (private to this user; each entry
+    /// checked against its sha256 before use), so a restart or a swap back
+    /// to a known build skips compiling it [default:
+    /// $XDG_CACHE_HOME/rollout-host, else ~/.cache/rollout-host].
+    #[arg(long, env = "ROLLOUT_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 
     /// Compile the plugin at every start and keep nothing on disk.
-    #[arg(long, env = "ROLLOUT_NO_COMPILE_CACHE", value_parser = clap::builder::FalseyValueParser::new())]
-    pub no_compile_cache: bool,
+    #[arg(long, env = "ROLLOUT_NO_CACHE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_cache: bool,
 }
 
 impl CacheArgs {
     /// The cache directory, unless turned off.
     pub fn dir(&self) -> Option<PathBuf> {
-        if self.no_compile_cache {
+        if self.no_cache {
             return None;
         }
-        self.compile_cache
-            .clone()
-            .or_else(CompileCache::default_dir)
+        self.cache_dir.clone().or_else(CompileCache::default_dir)
     }
 }
 

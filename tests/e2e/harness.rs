@@ -186,7 +186,7 @@ impl Server {
             .env_remove("RUST_BACKTRACE")
             .env_remove("ROLLOUT_DEBUG_DIR")
             .env_remove("ROLLOUT_API_KEY")
-            .env("ROLLOUT_COMPILE_CACHE", compile_cache())
+            .env("ROLLOUT_CACHE_DIR", compile_cache())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -322,7 +322,7 @@ fn run_cli_output(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(host_binary())
         .args(args)
         .env_remove("RUST_LOG")
-        .env("ROLLOUT_COMPILE_CACHE", compile_cache())
+        .env("ROLLOUT_CACHE_DIR", compile_cache())
         .output()
         .unwrap();
     (
@@ -482,7 +482,7 @@ async fn a_restart_loads_a_known_build_from_the_compile_cache() {
     let mut starts = Vec::new();
     for expected in ["plugin compiled", "plugin loaded from the compile cache"] {
         let started = std::time::Instant::now();
-        let mut server = Server::start("calc", &["--compile-cache", cache_arg]);
+        let mut server = Server::start("calc", &["--cache-dir", cache_arg]);
         starts.push(started.elapsed());
         let (status, _) = server.init(&init_body("r-1", &trainer)).await;
         assert_eq!(status, 202);
@@ -499,24 +499,47 @@ async fn a_restart_loads_a_known_build_from_the_compile_cache() {
         "start-up: compiling {:?}, from the cache {:?}",
         starts[0], starts[1]
     );
-    // One private entry per build.
+    // One private entry per build, beside its sha256.
     use std::os::unix::fs::PermissionsExt;
-    let entries: Vec<_> = std::fs::read_dir(&cache)
+    let mut entries: Vec<_> = std::fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(entries.len(), 1, "{entries:?}");
-    let mode = std::fs::metadata(&entries[0]).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600);
-    // --no-compile-cache compiles and writes nothing.
+    entries.sort();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(
+        entries[0].extension().is_some_and(|x| x == "cwasm"),
+        "{entries:?}"
+    );
+    for entry in &entries {
+        let mode = std::fs::metadata(entry).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // A truncated entry is not trusted: compiled again, with a warning.
+    let bytes = std::fs::read(&entries[0]).unwrap();
+    std::fs::write(&entries[0], &bytes[..bytes.len() / 2]).unwrap();
+    let server = Server::start("calc", &["--cache-dir", cache_arg]);
+    let log = server.log();
+    assert!(
+        log.contains("compile-cache entry not used; compiling again"),
+        "{log}"
+    );
+    assert!(
+        log.contains("does not match the sha256 written with it"),
+        "{log}"
+    );
+    assert!(log.contains("plugin compiled"), "{log}");
+    drop(server);
+    assert_eq!(
+        std::fs::read(&entries[0]).unwrap(),
+        bytes,
+        "rewritten whole"
+    );
+    // --no-cache compiles and writes nothing.
     let empty = dir.path().join("unused");
     let server = Server::start(
         "calc",
-        &[
-            "--compile-cache",
-            empty.to_str().unwrap(),
-            "--no-compile-cache",
-        ],
+        &["--cache-dir", empty.to_str().unwrap(), "--no-cache"],
     );
     assert!(server.log().contains("plugin compiled"));
     assert!(!empty.exists());

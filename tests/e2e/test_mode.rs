@@ -215,7 +215,7 @@ fn test_command(llm: &MockLlm, dataset: &Path, args: &[&str]) -> Command {
         .env_remove("RUST_BACKTRACE")
         .env_remove("OPENAI_API_KEY")
         .env_remove("RUST_LOG")
-        .env("ROLLOUT_COMPILE_CACHE", crate::harness::compile_cache())
+        .env("ROLLOUT_CACHE_DIR", crate::harness::compile_cache())
         .stdin(Stdio::null());
     command
 }

@@ -4,10 +4,13 @@
 //! again (seconds for a Rust plugin, tens of seconds for an interpreter
 //! such as componentize-py's).
 //!
-//! The directory is created private to the user (0700) and entries are
-//! written whole (a temporary file, then a rename), so what is read back is
-//! this binary's own serialization for an engine with the same settings,
-//! which is what `Component::deserialize` requires to be safe.
+//! The directory is created private to the user (0700) and refused when
+//! others can write to it; entries are written whole (a temporary file,
+//! then a rename) beside the sha256 of their bytes, which is checked before
+//! an entry is used: a truncated or altered entry is not loaded (the plugin
+//! is compiled again, with a warning). What is loaded is thus this binary's
+//! own serialization for an engine with the same settings, which is what
+//! `Component::deserialize` requires to be safe.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -47,14 +50,14 @@ impl CompileCache {
         })
     }
 
-    /// The default directory: `$XDG_CACHE_HOME/rollout-host/compiled`, else
-    /// `~/.cache/rollout-host/compiled`.
+    /// The default directory: `$XDG_CACHE_HOME/rollout-host`, else
+    /// `~/.cache/rollout-host`.
     pub fn default_dir() -> Option<PathBuf> {
         let base = std::env::var_os("XDG_CACHE_HOME")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-        Some(base.join("rollout-host").join("compiled"))
+        Some(base.join("rollout-host"))
     }
 
     pub fn dir(&self) -> &Path {
@@ -71,39 +74,44 @@ impl CompileCache {
     }
 
     /// The entry's file, when this build was compiled before for an engine
-    /// like `engine`; marks the entry as used.
-    pub fn get(&self, engine: &Engine, sha256: &str) -> Option<PathBuf> {
+    /// like `engine` and the file still has the bytes written; marks the
+    /// entry as used. `Err`: an entry exists but does not check out.
+    pub fn get(&self, engine: &Engine, sha256: &str) -> Result<Option<PathBuf>, String> {
         let path = self.path(engine, sha256);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Ok(None);
+        };
+        let written = std::fs::read_to_string(path.with_extension("sha256")).unwrap_or_default();
+        if written.trim() != super::sha256_hex(&bytes) {
+            return Err(format!(
+                "{} does not match the sha256 written with it",
+                path.display()
+            ));
+        }
         // Touch it: eviction goes by last use.
-        let file = std::fs::File::options().append(true).open(&path).ok()?;
-        let _ = file.set_modified(std::time::SystemTime::now());
-        Some(path)
+        if let Ok(file) = std::fs::File::options().append(true).open(&path) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+        Ok(Some(path))
     }
 
     /// Stores `compiled` for the build `sha256` and returns its file, then
     /// keeps the [`MAX_ENTRIES`] most recently used entries.
     pub fn put(&self, engine: &Engine, sha256: &str, compiled: &[u8]) -> std::io::Result<PathBuf> {
         let path = self.path(engine, sha256);
-        let temp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = (|| {
-            let mut file = std::fs::File::options()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temp)?;
-            file.write_all(compiled)?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &path)
-        })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temp);
-        }
-        written?;
+        // The digest first: an entry is never there without the sha256 it
+        // is checked against (a digest without its entry is harmless).
+        write_whole(
+            &path.with_extension("sha256"),
+            super::sha256_hex(compiled).as_bytes(),
+        )?;
+        write_whole(&path, compiled)?;
         self.evict();
         Ok(path)
     }
 
+    /// Removes all but the [`MAX_ENTRIES`] most recently used entries (and
+    /// their digests).
     fn evict(&self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
@@ -119,8 +127,30 @@ impl CompileCache {
         entries.sort();
         for (_, path) in &entries[..entries.len() - MAX_ENTRIES] {
             let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(path.with_extension("sha256"));
         }
     }
+}
+
+/// Writes `bytes` to `path` whole: a private temporary file, synced, then
+/// renamed over it.
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
 }
 
 #[cfg(test)]
@@ -134,9 +164,9 @@ mod tests {
         let mode = std::fs::metadata(cache.dir()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         let engine = Engine::default();
-        assert_eq!(cache.get(&engine, "abc"), None);
+        assert_eq!(cache.get(&engine, "abc"), Ok(None));
         let path = cache.put(&engine, "abc", b"compiled").unwrap();
-        assert_eq!(cache.get(&engine, "abc").as_ref(), Some(&path));
+        assert_eq!(cache.get(&engine, "abc"), Ok(Some(path.clone())));
         assert_eq!(std::fs::read(&path).unwrap(), b"compiled");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -144,12 +174,22 @@ mod tests {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         let other = Engine::new(&config).unwrap();
-        assert_eq!(cache.get(&other, "abc"), None);
+        assert_eq!(cache.get(&other, "abc"), Ok(None));
+        // A truncated (or altered) entry does not check out.
+        std::fs::write(&path, b"compil").unwrap();
+        assert!(
+            cache
+                .get(&engine, "abc")
+                .unwrap_err()
+                .contains("does not match")
+        );
+        cache.put(&engine, "abc", b"compiled").unwrap();
+        assert!(cache.get(&engine, "abc").unwrap().is_some());
         for i in 0..MAX_ENTRIES + 3 {
             cache.put(&engine, &format!("k{i}"), b"x").unwrap();
         }
         let count = std::fs::read_dir(cache.dir()).unwrap().count();
-        assert_eq!(count, MAX_ENTRIES);
+        assert_eq!(count, 2 * MAX_ENTRIES, "entries and their digests");
         // A directory others can write to is refused.
         let open = dir.path().join("open");
         std::fs::create_dir(&open).unwrap();

@@ -308,7 +308,15 @@ fn compile(
     sha256: &str,
     cache: Option<CompileCache>,
 ) -> wasmtime::Result<Compiled> {
-    if let Some(path) = cache.as_ref().and_then(|c| c.get(engine, sha256)) {
+    let cached = match cache.as_ref().map(|c| c.get(engine, sha256)) {
+        Some(Ok(found)) => found,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "compile-cache entry not used; compiling again");
+            None
+        }
+        None => None,
+    };
+    if let Some(path) = cached {
         let artifact = Artifact::File(path);
         match artifact.load(engine) {
             Ok(component) => {
