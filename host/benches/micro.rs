@@ -6,11 +6,12 @@
 //! trainer's chat completion that carries logprobs (as done, and through
 //! values).
 //!
-//! `cargo bench --bench micro`
+//! `cargo bench --bench micro [-- --plugin PATH]`: `--plugin` measures the
+//! instantiation of another calculator build (the Python or JS one).
 
 use rollout_host::protocol::History;
 use rollout_host::runtime::{
-    AllocatorChoice, Limits, RolloutHost, Runtime, RuntimeConfig, WitRolloutRequest,
+    AllocatorChoice, CompileCache, Limits, RolloutHost, Runtime, RuntimeConfig, WitRolloutRequest,
 };
 use rollout_host::trainer::{chat_body, chat_fields, parse_chat_completion};
 use serde_json::{Value, json};
@@ -53,7 +54,19 @@ fn history(n: usize) -> Vec<Value> {
 }
 
 fn main() {
-    let plugin_path = common::build_calc();
+    // `cargo bench` appends `--bench`.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let (plugin_path, iters) = match args.as_slice() {
+        [] => (common::build_calc(), 20_000),
+        [flag, path] if flag == "--plugin" => (std::path::PathBuf::from(path), 500),
+        _ => {
+            eprintln!("usage: cargo bench --bench micro [-- --plugin PATH]");
+            std::process::exit(2);
+        }
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -68,7 +81,7 @@ fn main() {
             max_tokens_total: 8192,
             metadata: json!({"ground_truth": "5"}).to_string(),
         };
-        println!("rollout-host micro benchmarks (calc.wasm)");
+        println!("rollout-host micro benchmarks ({})", plugin_path.display());
         // Pooling from the warm pool (pages kept resident), pooling from
         // the main pool (pages given back), on-demand.
         for (allocator, warm_slots, pool) in [
@@ -82,12 +95,13 @@ fn main() {
                     instance_slots: 1000,
                     allocator,
                     warm_slots,
-                    compile_cache: None,
+                    compile_cache: CompileCache::default_dir()
+                        .and_then(|dir| CompileCache::open(&dir).ok()),
                 })
                 .expect("engine"),
             );
-            let plugin = runtime.load(&plugin_path).await.expect("load calc.wasm");
-            let instantiate = time(20_000, || async {
+            let plugin = runtime.load(&plugin_path).await.expect("load the plugin");
+            let instantiate = time(iters, || async {
                 black_box(
                     plugin
                         .instantiate(RolloutHost::detached("bench"))
@@ -96,7 +110,7 @@ fn main() {
                 );
             })
             .await;
-            let start = time(20_000, || async {
+            let start = time(iters, || async {
                 black_box(
                     plugin
                         .start(RolloutHost::detached("bench"), &request)
