@@ -195,12 +195,14 @@ fn test_command(llm: &MockLlm, dataset: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(host_binary());
     command
         .arg("test")
-        .arg("--plugin")
-        .arg(plugin("calc"))
         .arg("-d")
         .arg(dataset)
         .args(["--retry-base-delay", "0.05"]);
-    // The mock's URL, model and key unless the test gives its own.
+    // The Rust calculator, the mock's URL, model and key unless the test
+    // gives its own.
+    if !args.contains(&"--plugin") {
+        command.arg("--plugin").arg(plugin("calc"));
+    }
     for (flag, value) in [
         ("--base-url", llm.url.as_str()),
         ("--model", MODEL),
@@ -311,6 +313,40 @@ async fn each_dataset_format_runs_with_the_right_rewards_and_results() {
         assert!(stdout.contains("] row 3: OK reward 0.0 ("), "{stdout}");
         assert!(stdout.contains("] row 0: OK reward 1.0 ("), "{stdout}");
         assert!(stdout.contains("mean 0.800"), "{stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_and_js_calculators_run_in_test_mode_too() {
+    for name in ["calc-py", "calc-js"] {
+        let llm = MockLlm::start(Behaviour::Calculator).await;
+        let path = plugin(name);
+        let run = run_test(
+            &llm,
+            &calc_jsonl(),
+            &[
+                "--plugin",
+                path.to_str().unwrap(),
+                "--limit",
+                "4",
+                "-c",
+                "2",
+            ],
+        );
+        let stdout = text(&run.stdout);
+        assert_eq!(
+            run.status.code(),
+            Some(0),
+            "{name}: {stdout}\n{}",
+            text(&run.stderr)
+        );
+        assert_eq!(llm.problems(), Vec::<String>::new(), "{name}");
+        assert_eq!(llm.requests().len(), 8, "{name}");
+        assert_eq!(
+            stdout.matches(": OK reward 1.0 (").count(),
+            4,
+            "{name}: {stdout}"
+        );
     }
 }
 
