@@ -29,11 +29,11 @@ pub struct Row {
 
 impl Row {
     /// The rollout's messages: the system prompt, then the user prompt.
-    pub fn messages(&self) -> Value {
-        serde_json::json!([
-            {"role": "system", "content": self.system_prompt},
-            {"role": "user", "content": self.user_prompt},
-        ])
+    pub fn messages(&self) -> Vec<Value> {
+        vec![
+            serde_json::json!({"role": "system", "content": self.system_prompt}),
+            serde_json::json!({"role": "user", "content": self.user_prompt}),
+        ]
     }
 
     /// The rollout's metadata: the extra columns, then `ground_truth`,
@@ -345,7 +345,7 @@ mod tests {
             assert_eq!(metadata["test_mode"], json!(true));
             assert_eq!(metadata["row_index"], json!(1));
             assert_eq!(
-                rows[0].messages(),
+                json!(rows[0].messages()),
                 json!([{"role": "system", "content": "s"}, {"role": "user", "content": "u0"}])
             );
         }

@@ -193,11 +193,10 @@ impl LlmTarget {
         let url = &self.chat_url;
         match error {
             TrainerError::Rejected {
-                status: 401 | 403,
+                status: status @ (401 | 403),
                 body,
             } => format!(
-                "the LLM refused the API key (HTTP {}): {}; {}",
-                status_of(error),
+                "the LLM refused the API key (HTTP {status}): {}; {}",
                 short(body),
                 self.key_source
             ),
@@ -250,14 +249,6 @@ pub fn is_fatal(error: &TrainerError) -> bool {
             ..
         }
     )
-}
-
-fn status_of(error: &TrainerError) -> u16 {
-    match error {
-        TrainerError::Rejected { status, .. } | TrainerError::Failed { status, .. } => *status,
-        TrainerError::RateLimited { .. } => 429,
-        _ => 0,
-    }
 }
 
 /// The chat settings an explanation quotes.

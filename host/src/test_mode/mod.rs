@@ -331,8 +331,8 @@ async fn run_batch(
                     stop = Some(Stop::Fatal(ctx.target.explain(e, &ctx.calls)));
                     running.abort_all();
                 }
+                progress.finished(&ran.result, ctx.runs_per_row);
                 results.push(ran.result);
-                progress.finished(&results, ctx.runs_per_row);
             }
             _ = &mut ctrl_c, if stop.is_none() => {
                 stop = Some(Stop::Interrupted);

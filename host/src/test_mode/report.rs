@@ -258,8 +258,18 @@ pub fn run_line(r: &RunResult, runs_per_row: u32) -> String {
 /// Progress while rows run: a live bar on a terminal, a line per run
 /// otherwise, nothing with `-q`.
 pub enum Progress {
-    Bar(ProgressBar),
-    Lines { total: usize, done: usize },
+    /// The bar and the tallies its message shows.
+    Bar {
+        bar: ProgressBar,
+        ok: usize,
+        failed: usize,
+        passed: usize,
+        tokens: u64,
+    },
+    Lines {
+        total: usize,
+        done: usize,
+    },
     Quiet,
 }
 
@@ -279,30 +289,42 @@ impl Progress {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.enable_steady_tick(Duration::from_millis(200));
-        Progress::Bar(bar)
+        Progress::Bar {
+            bar,
+            ok: 0,
+            failed: 0,
+            passed: 0,
+            tokens: 0,
+        }
     }
 
     /// The bar, for log lines to print around.
     pub fn bar(&self) -> Option<&ProgressBar> {
         match self {
-            Progress::Bar(bar) => Some(bar),
+            Progress::Bar { bar, .. } => Some(bar),
             _ => None,
         }
     }
 
-    /// A run finished: the last of `results`, all those finished so far.
-    pub fn finished(&mut self, results: &[RunResult], runs_per_row: u32) {
-        let Some(result) = results.last() else {
-            return;
-        };
+    /// A run finished.
+    pub fn finished(&mut self, result: &RunResult, runs_per_row: u32) {
         match self {
-            Progress::Bar(bar) => {
-                let ok = results.iter().filter(|r| r.success).count();
-                let passed = results.iter().filter(|r| r.passed).count();
-                let tokens: u64 = results.iter().map(|r| r.token_usage.total_tokens).sum();
+            Progress::Bar {
+                bar,
+                ok,
+                failed,
+                passed,
+                tokens,
+            } => {
+                if result.success {
+                    *ok += 1;
+                } else {
+                    *failed += 1;
+                }
+                *passed += usize::from(result.passed);
+                *tokens += result.token_usage.total_tokens;
                 bar.set_message(format!(
-                    "ok {ok}  failed {}  reward-passed {passed}  tokens {tokens}",
-                    results.len() - ok
+                    "ok {ok}  failed {failed}  reward-passed {passed}  tokens {tokens}"
                 ));
                 bar.inc(1);
                 if !result.success {
@@ -318,7 +340,7 @@ impl Progress {
     }
 
     pub fn finish(&self) {
-        if let Progress::Bar(bar) = self {
+        if let Progress::Bar { bar, .. } = self {
             bar.finish();
         }
     }

@@ -49,10 +49,7 @@ impl RunContext {
     /// Runs `row` once: `get-tools`, then the agent loop to its end.
     pub async fn run_row(&self, row: &Row, run: u32, stepper: Option<Arc<Stepper>>) -> Ran {
         let rollout_id = self.rollout_id(row, run);
-        let messages = match row.messages() {
-            Value::Array(messages) => message_texts(&messages),
-            _ => Vec::new(),
-        };
+        let messages = message_texts(&row.messages());
         let wit_request = WitRolloutRequest {
             rollout_id: rollout_id.clone(),
             messages: json_text(&messages),
