@@ -37,7 +37,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             config
                 .compile_cache
                 .as_deref()
-                .and_then(rollout_host::server::open_compile_cache),
+                .and_then(rollout_host::runtime::CompileCache::open_or_warn),
         ) {
             Ok(report) => {
                 println!("{}: {report}", config.plugin.display());

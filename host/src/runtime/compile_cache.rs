@@ -50,6 +50,18 @@ impl CompileCache {
         })
     }
 
+    /// The cache in `dir`, or none (with a warning) when it cannot be used:
+    /// compiling at every start is slower, not wrong.
+    pub fn open_or_warn(dir: &Path) -> Option<Self> {
+        match Self::open(dir) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "compile cache unavailable; plugins are compiled at every start");
+                None
+            }
+        }
+    }
+
     /// The default directory: `$XDG_CACHE_HOME/rollout-host`, else
     /// `~/.cache/rollout-host`.
     pub fn default_dir() -> Option<PathBuf> {

@@ -165,18 +165,6 @@ fn lower_thread_priority() {
     }
 }
 
-/// The compile cache in `dir`, or none (with a warning) when it cannot be
-/// used: compiling at every start is slower, not wrong.
-pub fn open_compile_cache(dir: &std::path::Path) -> Option<CompileCache> {
-    match CompileCache::open(dir) {
-        Ok(cache) => Some(cache),
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "compile cache unavailable; plugins are compiled at every start");
-            None
-        }
-    }
-}
-
 /// Loads the plugin, binds, serves until SIGINT/SIGTERM, then drains;
 /// plugins execute on `guests`.
 pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result<(), ServerError> {
@@ -188,7 +176,10 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         instance_slots: 0,
         allocator: config.allocator,
         warm_slots: config.warm_slots,
-        compile_cache: config.compile_cache.as_deref().and_then(open_compile_cache),
+        compile_cache: config
+            .compile_cache
+            .as_deref()
+            .and_then(CompileCache::open_or_warn),
     };
     let machine = MachineFacts::read().capacity(runtime_config.reservation());
     let capacity = admissible(&config, machine);

@@ -21,7 +21,7 @@ mod run;
 use crate::cli::TestArgs;
 use crate::debug_log::DebugLog;
 use crate::fault;
-use crate::runtime::{LoadError, Runtime, RuntimeConfig};
+use crate::runtime::{CompileCache, LoadError, Runtime, RuntimeConfig};
 use crate::trainer::TrainerClient;
 use dataset::{DatasetError, Row};
 use futures_util::FutureExt;
@@ -244,7 +244,7 @@ async fn context(args: &TestArgs, plan: &Plan) -> Result<RunContext, SetupError>
             .cache
             .dir()
             .as_deref()
-            .and_then(crate::server::open_compile_cache),
+            .and_then(CompileCache::open_or_warn),
     })?);
     let plugin = Arc::new(runtime.load(&args.plugin).await?);
     let mut policy = args.chat.retry_policy(0);
