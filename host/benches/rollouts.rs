@@ -315,10 +315,13 @@ struct Usage {
     system: Duration,
     rss_kib: u64,
     peak_rss_kib: u64,
-    /// Resident shared-memory pages: the plugin's data-segment image, one
-    /// copy mapped copy-on-write into every instance and counted in RSS
-    /// once per mapping.
-    shmem_kib: u64,
+    /// Resident private pages (what the instances wrote, the host's heap).
+    anon_kib: u64,
+    /// Resident file and shared-memory pages: mostly the plugin's
+    /// data-segment image (mapped from the compiled file, or a memfd),
+    /// one copy in memory mapped copy-on-write into every instance and
+    /// counted in RSS once per mapping.
+    image_kib: u64,
 }
 
 fn process_usage(pid: u32) -> Usage {
@@ -343,15 +346,38 @@ fn process_usage(pid: u32) -> Usage {
         system: ticks(12),
         rss_kib: kib("VmRSS:"),
         peak_rss_kib: kib("VmHWM:"),
-        shmem_kib: kib("RssShmem:"),
+        anon_kib: kib("RssAnon:"),
+        image_kib: kib("RssFile:") + kib("RssShmem:"),
     }
 }
 
+/// The process's proportional set size in KiB: each page counted once
+/// however many times it is mapped (what its cgroup is charged).
+fn process_pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("Pss:"))?;
+            line["Pss:".len()..].split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// What the RSS sampler saw at the highest RSS reading.
+#[derive(Default, Clone, Copy)]
+struct Peak {
+    rss_kib: u64,
+    anon_kib: u64,
+    image_kib: u64,
+    pss_kib: u64,
+}
+
 /// Samples a process's RSS every 50 ms on a thread of its own: the highest
-/// reading, and how much of it was shared memory.
+/// reading, what it was made of, and the PSS then (read when the peak grows
+/// by more than 1%: smaps_rollup walks every mapping).
 struct RssSampler {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<(u64, u64)>,
+    thread: std::thread::JoinHandle<Peak>,
 }
 
 impl RssSampler {
@@ -360,11 +386,21 @@ impl RssSampler {
         let thread = std::thread::spawn({
             let stop = stop.clone();
             move || {
-                let mut peak = (0, 0);
+                let mut peak = Peak::default();
                 while !stop.load(Ordering::Relaxed) {
                     let u = process_usage(pid);
-                    if u.rss_kib > peak.0 {
-                        peak = (u.rss_kib, u.shmem_kib);
+                    if u.rss_kib > peak.rss_kib {
+                        let pss_kib = if u.rss_kib > peak.rss_kib + peak.rss_kib / 100 {
+                            process_pss_kib(pid)
+                        } else {
+                            peak.pss_kib
+                        };
+                        peak = Peak {
+                            rss_kib: u.rss_kib,
+                            anon_kib: u.anon_kib,
+                            image_kib: u.image_kib,
+                            pss_kib,
+                        };
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
@@ -374,7 +410,7 @@ impl RssSampler {
         Self { stop, thread }
     }
 
-    fn stop(self) -> (u64, u64) {
+    fn stop(self) -> Peak {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap_or_default()
     }
@@ -736,7 +772,7 @@ async fn measure(
     .await;
     let after = process_usage(pid);
     let bench_after = process_usage(std::process::id());
-    let (sampled_peak, shmem_at_peak) = sampler.stop();
+    let sampled = sampler.stop();
     stop_samples.store(true, Ordering::Relaxed);
     let samples = match samples {
         Some(task) => task.await.unwrap_or_default(),
@@ -748,8 +784,7 @@ async fn measure(
     let (user, system) = (after.user - before.user, after.system - before.system);
     let in_flight = o.concurrency.min(o.rollouts).max(1);
     let mib = |kib: u64| kib as f64 / 1024.0;
-    let rss_peak = after.peak_rss_kib.max(sampled_peak);
-    let private_peak = sampled_peak.saturating_sub(shmem_at_peak);
+    let rss_peak = after.peak_rss_kib.max(sampled.rss_kib);
     println!(
         "{label} bench: {} rollouts, {} in flight, trainer latency {} ms, {} tool turn(s), {} tokens of logprobs; {} CPUs",
         o.rollouts,
@@ -794,9 +829,11 @@ async fn measure(
         rss_peak.saturating_sub(before.rss_kib) as f64 / in_flight as f64
     );
     println!(
-        "                        at the sampled peak: {:.1} MiB private, {:.1} MiB shared plugin image (one copy, counted once per instance)",
-        mib(private_peak),
-        mib(shmem_at_peak)
+        "                        at the sampled peak: {:.1} MiB private + {:.1} MiB file/shared pages \
+         (the plugin image: one copy in memory, counted in RSS once per instance); PSS {:.1} MiB",
+        mib(sampled.anon_kib),
+        mib(sampled.image_kib),
+        mib(sampled.pss_kib)
     );
     summarize_soak(&samples);
     if run.refused > 0 {

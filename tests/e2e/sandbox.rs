@@ -451,3 +451,49 @@ async fn limits_and_errors_name_their_cause_in_every_guest_language() {
         assert_eq!(done["status"], "COMPLETED", "{name}: {done}");
     }
 }
+
+/// An interpreter's rollout writes all over its heap image; the next
+/// rollout in the same pooled slot must still start from the component's
+/// snapshot. Warm slots reset only the pages PAGEMAP_SCAN reports written
+/// (all of them: `vendor/wasmtime-pagemap-scan-all-regions.patch`), so a
+/// page missed would show here as module state an earlier rollout left, or
+/// as a corrupt heap.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_slot_starts_each_rollout_from_the_snapshot() {
+    let trainer = Trainer::calculator("add", 1.0, 1.0, "2").await;
+    for name in ["misbehave-py", "misbehave-js"] {
+        // One warm slot: sequential rollouts all reuse it; then four at a
+        // time, some from the main pool.
+        let server = Server::start(name, &["--warm-slots", "1"]);
+        for i in 0..12 {
+            let id = format!("{name}-alone-{i}");
+            let (done, _) = run_hostile(&server, &trainer, &id, "remember").await;
+            assert_eq!(done["status"], "COMPLETED", "{id}: {done}");
+            assert_eq!(
+                done["reward"], 1.0,
+                "{id} saw an earlier rollout's state: {done}"
+            );
+        }
+        for round in 0..4 {
+            let ids: Vec<String> = (0..4)
+                .map(|i| format!("{name}-crowd-{round}-{i}"))
+                .collect();
+            let bodies: Vec<Value> = ids
+                .iter()
+                .map(|id| hostile(id, &trainer, "remember"))
+                .collect();
+            let answers =
+                futures_util::future::join_all(bodies.iter().map(|body| server.init(body))).await;
+            for ((status, answer), id) in answers.iter().zip(&ids) {
+                assert_eq!(*status, 202, "{id}: {answer}");
+            }
+            for id in &ids {
+                let done = trainer.single_completion(id).await;
+                assert_eq!(
+                    done["reward"], 1.0,
+                    "{id} saw an earlier rollout's state: {done}"
+                );
+            }
+        }
+    }
+}

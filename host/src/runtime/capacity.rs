@@ -106,27 +106,17 @@ pub struct MachineFacts {
 impl MachineFacts {
     /// Reads /proc and the cgroup; a fact it cannot read does not bound.
     pub fn read() -> Self {
-        let proc_number =
-            |path: &str| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
         let max_map_count = proc_number("/proc/sys/vm/max_map_count").unwrap_or(u64::MAX);
         let mappings_now = std::fs::read_to_string("/proc/self/maps")
             .map_or(0, |maps| maps.lines().count() as u64);
         let address_space_used = status_kib("/proc/self/status", "VmSize:").unwrap_or(0) << 10;
-        let mut memory_available =
-            status_kib("/proc/meminfo", "MemAvailable:").map_or(u64::MAX, |kib| kib << 10);
-        if let (Some(max), Some(current)) = (
-            proc_number("/sys/fs/cgroup/memory.max"),
-            proc_number("/sys/fs/cgroup/memory.current"),
-        ) {
-            memory_available = memory_available.min(max.saturating_sub(current));
-        }
         Self {
             max_map_count,
             mappings_now,
             open_files: rlimit(libc::RLIMIT_NOFILE),
             address_space: rlimit(libc::RLIMIT_AS).min(USER_ADDRESS_SPACE),
             address_space_used,
-            memory_available,
+            memory_available: memory_available(),
         }
     }
 
@@ -207,6 +197,11 @@ pub fn disable_transparent_huge_pages() {
     }
 }
 
+/// A file holding one number (/proc/sys, cgroup files).
+fn proc_number(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 /// A `Key:   N kB` line of a /proc status file, in KiB.
 fn status_kib(path: &str, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;
@@ -227,6 +222,102 @@ fn rlimit(resource: libc::__rlimit_resource_t) -> u64 {
     } else {
         limit.rlim_cur
     }
+}
+
+/// Memory available to this process now: `MemAvailable`, or its cgroup's
+/// limit less its use when lower (`u64::MAX` when unknown).
+fn memory_available() -> u64 {
+    let available = status_kib("/proc/meminfo", "MemAvailable:").map_or(u64::MAX, |kib| kib << 10);
+    match (
+        proc_number("/sys/fs/cgroup/memory.max"),
+        proc_number("/sys/fs/cgroup/memory.current"),
+    ) {
+        (Some(max), Some(current)) => available.min(max.saturating_sub(current)),
+        _ => available,
+    }
+}
+
+/// Most memory a plugin's warm pool may keep resident between rollouts: a
+/// quarter of the memory available when it is made, at least 256 MiB and
+/// at most 16 GiB.
+pub fn warm_memory_budget() -> u64 {
+    (memory_available() / 4).clamp(256 << 20, 16 << 30)
+}
+
+/// Whether this kernel has the `PAGEMAP_SCAN` ioctl (Linux >= 6.7), with
+/// which a pooled slot finds the pages its rollout wrote and resets only
+/// those. Probed as wasmtime probes it: an empty scan of
+/// /proc/self/pagemap. Without it a slot resets all the memory it keeps.
+pub fn pagemap_scan_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(probe_pagemap_scan)
+}
+
+#[cfg(target_os = "linux")]
+fn probe_pagemap_scan() -> bool {
+    use std::os::fd::AsRawFd;
+
+    /// `struct pm_scan_arg` of linux/fs.h.
+    #[repr(C)]
+    struct PmScanArg {
+        size: u64,
+        flags: u64,
+        start: u64,
+        end: u64,
+        walk_end: u64,
+        vec: u64,
+        vec_len: u64,
+        max_pages: u64,
+        category_inverted: u64,
+        category_mask: u64,
+        category_anyof_mask: u64,
+        return_mask: u64,
+    }
+    /// `struct page_region` of linux/fs.h.
+    #[repr(C)]
+    struct PageRegion {
+        start: u64,
+        end: u64,
+        categories: u64,
+    }
+    /// `_IOWR('f', 16, struct pm_scan_arg)`.
+    const PAGEMAP_SCAN: u64 =
+        (3 << 30) | ((size_of::<PmScanArg>() as u64) << 16) | (0x66 << 8) | 16;
+    /// The categories this ABI defines (`PM_SCAN_CATEGORIES`).
+    const ALL_CATEGORIES: u64 = 0xff;
+
+    let Ok(pagemap) = std::fs::File::open("/proc/self/pagemap") else {
+        return false;
+    };
+    let mut region = PageRegion {
+        start: 0,
+        end: 0,
+        categories: 0,
+    };
+    let mut arg = PmScanArg {
+        size: size_of::<PmScanArg>() as u64,
+        flags: 0,
+        start: 0,
+        end: 0,
+        walk_end: 0,
+        vec: (&raw mut region) as u64,
+        vec_len: 1,
+        max_pages: 1,
+        category_inverted: 0,
+        category_mask: ALL_CATEGORIES,
+        category_anyof_mask: 0,
+        return_mask: 0,
+    };
+    // SAFETY: the ioctl reads `arg` and writes at most `vec_len` regions
+    // into `region` and `walk_end` into `arg`, all of which outlive it; an
+    // empty range scans no memory. A kernel without it answers ENOTTY.
+    let rc = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &raw mut arg) };
+    rc >= 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn probe_pagemap_scan() -> bool {
+    false
 }
 
 #[cfg(test)]

@@ -235,8 +235,8 @@ impl Runtime {
     /// of linear memory, or none (logged) when the machine cannot give it
     /// one: rollouts then all come from the main pool.
     fn warm_pool(&self, artifact: &Artifact, memory: usize, path: &Path) -> Option<WarmPool> {
-        let keep = Keep::warm_for(memory);
-        let slots = keep.slots(self.config.warm_slots);
+        let keep = Keep::warm_for(memory, capacity::pagemap_scan_available());
+        let slots = keep.slots(self.config.warm_slots, capacity::warm_memory_budget());
         let made = new_engine(&self.config, slots, keep).and_then(|(engine, _)| {
             let pool = Pool::new(engine)?;
             let component = artifact
@@ -386,8 +386,6 @@ struct Keep {
 /// Linear memory at start-up above which a plugin is an interpreter-sized
 /// one (componentize-py, componentize-js: a heap image of megabytes).
 const BIG_MEMORY: usize = 4 << 20;
-/// Most memory the warm slots of one plugin keep resident.
-const WARM_MEMORY_BUDGET: usize = 1 << 30;
 
 impl Keep {
     /// Everything given back: memory follows the instances alive.
@@ -409,31 +407,42 @@ impl Keep {
         table: 64 << 10,
         pagemap: true,
     };
+    /// An interpreter's rollout: up to 4 MiB of its heap image written, in
+    /// scattered pages (measured: Python's calculator ~1.4 MiB in ~210
+    /// regions, JS ~0.7 MiB in ~50). PAGEMAP_SCAN finds them and only those
+    /// are copied back from the image; wasmtime 48 asks the kernel for 32
+    /// regions and gives back everything past them, so we build it with
+    /// `vendor/wasmtime-pagemap-scan-all-regions.patch`, which scans on.
+    const INTERPRETER: Keep = Keep {
+        stack: 32 << 10,
+        memory: 4 << 20,
+        table: 1 << 20,
+        pagemap: true,
+    };
 
     /// What a warm slot keeps for a plugin starting with `memory` bytes of
-    /// linear memory. An interpreter's rollout writes all over its heap
-    /// image: more scattered pages than PAGEMAP_SCAN reports (wasmtime asks
-    /// for 32 regions; the rest is given back and each later write to it
-    /// is a copy-on-write fault, with a TLB shootdown across the host's
-    /// threads: 6 ms of system time per Python rollout here). So its whole
-    /// memory is kept and reset by copying from the image, which costs
-    /// well under a tenth of that.
-    fn warm_for(memory: usize) -> Keep {
-        if memory <= BIG_MEMORY {
-            return Keep::WARM;
-        }
-        Keep {
-            stack: Keep::WARM.stack,
-            memory: memory.next_multiple_of(1 << 20),
-            table: 1 << 20,
-            pagemap: false,
+    /// linear memory, on a kernel with (`pagemap_scan`) or without the
+    /// PAGEMAP_SCAN ioctl. Without it an interpreter's whole memory is kept
+    /// and reset by copying all of it (13 MiB for Python: a third of its
+    /// rollout's CPU), which is still well under what giving it back costs:
+    /// each later write is a copy-on-write fault with a TLB shootdown across
+    /// the host's threads (6 ms of system time per Python rollout here).
+    fn warm_for(memory: usize, pagemap_scan: bool) -> Keep {
+        match (memory <= BIG_MEMORY, pagemap_scan) {
+            (true, _) => Keep::WARM,
+            (false, true) => Keep::INTERPRETER,
+            (false, false) => Keep {
+                memory: memory.next_multiple_of(1 << 20),
+                pagemap: false,
+                ..Keep::INTERPRETER
+            },
         }
     }
 
     /// Warm slots for this keep: `wanted`, fewer when they would keep more
-    /// than [`WARM_MEMORY_BUDGET`].
-    fn slots(&self, wanted: u32) -> u32 {
-        let fit = WARM_MEMORY_BUDGET / self.memory.max(1);
+    /// than `budget` bytes.
+    fn slots(&self, wanted: u32, budget: u64) -> u32 {
+        let fit = budget / self.memory.max(1) as u64;
         wanted.min(u32::try_from(fit).unwrap_or(u32::MAX)).max(1)
     }
 }
@@ -787,17 +796,25 @@ mod tests {
 
     #[test]
     fn warm_slots_keep_what_the_plugin_needs_within_the_budget() {
+        const GIB: u64 = 1 << 30;
         // The Rust calculator starts with 2 MiB: the small keep, found by
         // PAGEMAP_SCAN, for every warm slot.
-        assert_eq!(Keep::warm_for(2 << 20), Keep::WARM);
-        assert_eq!(Keep::WARM.slots(256), 256);
-        // componentize-py's calculator starts with ~13.3 MB: all of it kept,
-        // reset by copying, in as many slots as 1 GiB holds.
-        let python = Keep::warm_for(13_300_000);
+        assert_eq!(Keep::warm_for(2 << 20, true), Keep::WARM);
+        assert_eq!(Keep::warm_for(2 << 20, false), Keep::WARM);
+        assert_eq!(Keep::WARM.slots(256, GIB), 256);
+        // componentize-py's calculator starts with ~13.3 MB: with
+        // PAGEMAP_SCAN the pages it wrote, up to 4 MiB.
+        let python = Keep::warm_for(13_300_000, true);
+        assert_eq!(python, Keep::INTERPRETER);
+        assert_eq!(python.slots(1024, 4 * GIB), 1024);
+        assert_eq!(python.slots(1024, GIB), 256);
+        // Without it: all of it kept, reset by copying, in as many slots as
+        // the budget holds.
+        let python = Keep::warm_for(13_300_000, false);
         assert_eq!(python.memory, 13 << 20);
         assert!(!python.pagemap);
-        assert_eq!(python.slots(256), 78);
-        assert_eq!(python.slots(16), 16);
-        assert_eq!(Keep::warm_for(2 << 30).slots(256), 1);
+        assert_eq!(python.slots(256, GIB), 78);
+        assert_eq!(python.slots(16, GIB), 16);
+        assert_eq!(Keep::warm_for(2 << 30, false).slots(256, GIB), 1);
     }
 }

@@ -5,6 +5,9 @@ import sys
 
 from rollout_guest import AgentLoop, export
 
+# Module state: every rollout must start without what an earlier one added.
+_SEEN = []
+
 
 class Misbehave(AgentLoop):
     name = "misbehave-py"
@@ -31,6 +34,13 @@ class Misbehave(AgentLoop):
                 return deeper(n + 1) + 1
 
             deeper(0)
+        if mode == "remember":
+            # Writes all over the heap (tens of thousands of objects: far
+            # more scattered pages than one PAGEMAP_SCAN call reports), then
+            # says how many rollouts this instance's module state has seen.
+            _SEEN.append({f"{ctx.request.rollout_id}-{i}": [i] * 8 for i in range(20_000)})
+            ctx.complete(ctx.request.messages, finish_reason="stop", reward=float(len(_SEEN)))
+            return
         if mode == "print":
             print(f"misbehave: hello from {ctx.request.rollout_id}")
             print("misbehave: on stderr", file=sys.stderr)

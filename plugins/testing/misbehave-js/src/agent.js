@@ -3,6 +3,9 @@
 
 import { AgentLoop, exportAgent } from 'rollout-guest';
 
+// Module state: every rollout must start without what an earlier one added.
+const seen = [];
+
 class Misbehave extends AgentLoop {
   name = 'misbehave-js';
 
@@ -21,6 +24,14 @@ class Misbehave extends AgentLoop {
       case 'recurse': {
         const deeper = (n) => deeper(n + 1) + 1;
         return deeper(0);
+      }
+      case 'remember': {
+        // Writes all over the heap (tens of thousands of objects), then says
+        // how many rollouts this instance's module state has seen.
+        const id = ctx.request.rolloutId;
+        seen.push(Array.from({ length: 20000 }, (_, i) => ({ [`${id}-${i}`]: new Array(8).fill(i) })));
+        ctx.complete(ctx.request.messages, { finishReason: 'stop', reward: seen.length });
+        return;
       }
       case 'print':
         console.log(`misbehave: hello from ${ctx.request.rolloutId}`);
