@@ -48,8 +48,37 @@ impl Cli {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// The agent plugin: a wasm component built against wit/rollout.wit.
-    #[arg(long, env = "ROLLOUT_PLUGIN", value_name = "PATH", required = true)]
-    pub plugin: Option<PathBuf>,
+    /// `NAME=PATH` serves it as deployment NAME, under
+    /// /deployments/NAME/ (repeat for several); a bare PATH is the
+    /// deployment `default`. The root routes serve the one named `default`,
+    /// else the first.
+    #[arg(
+        long,
+        env = "ROLLOUT_PLUGIN",
+        value_name = "[NAME=]PATH",
+        required = true,
+        value_parser = deployment_plugin
+    )]
+    pub plugin: Vec<(String, PathBuf)>,
+
+    /// Turn on the admin API (/admin/deployments: list, upload, delete
+    /// deployments), which then requires `Authorization: Bearer TOKEN`.
+    #[arg(
+        long,
+        env = "ROLLOUT_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// Largest plugin the admin API accepts, in MiB.
+    #[arg(
+        long,
+        env = "ROLLOUT_MAX_UPLOAD_MIB",
+        default_value_t = 256,
+        value_name = "MIB"
+    )]
+    pub max_upload_mib: u32,
 
     /// Swap in the plugin file again whenever it changes (checked every
     /// 0.5 s), without a restart: running rollouts finish on the plugin they
@@ -414,9 +443,10 @@ impl SandboxArgs {
 impl ServeArgs {
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
-            // clap requires --plugin when serving.
-            plugin: self.plugin.clone().unwrap_or_default(),
+            plugins: self.plugin.clone(),
             reload: self.reload,
+            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+            max_upload_bytes: (self.max_upload_mib as usize) << 20,
             bind: SocketAddr::new(self.host, self.port),
             api_key: self.api_key.clone().filter(|k| !k.is_empty()),
             debug_dir: self.log_dir.clone(),
@@ -435,6 +465,31 @@ impl ServeArgs {
             compile_cache: self.cache.dir(),
         }
     }
+}
+
+/// `--plugin [NAME=]PATH`: a deployment's name and plugin file.
+fn deployment_plugin(value: &str) -> Result<(String, PathBuf), String> {
+    if let Some((name, path)) = value.split_once('=')
+        && !name.contains('/')
+    {
+        if !crate::server::valid_name(name) {
+            return Err(format!(
+                "'{name}' cannot name a deployment: use 1-64 letters, digits, '.', '_' or '-', \
+                 starting with a letter or digit"
+            ));
+        }
+        if path.is_empty() {
+            return Err(format!("deployment '{name}' needs a plugin path after '='"));
+        }
+        return Ok((name.to_owned(), PathBuf::from(path)));
+    }
+    if value.is_empty() {
+        return Err("the plugin path is empty".to_owned());
+    }
+    Ok((
+        crate::server::DEFAULT_DEPLOYMENT.to_owned(),
+        PathBuf::from(value),
+    ))
 }
 
 #[cfg(test)]
@@ -467,10 +522,36 @@ mod tests {
         // `serve` is a synonym; --plugin is required either way.
         assert!(matches!(
             parse(&["rollout-host", "serve", "--plugin", "x"]),
-            Ok(Command::Serve(s)) if s.plugin == Some("x".into())
+            Ok(Command::Serve(s)) if s.plugin == [("default".to_owned(), "x".into())]
         ));
         assert!(parse(&["rollout-host"]).is_err());
         assert!(parse(&["rollout-host", "serve"]).is_err());
+    }
+
+    #[test]
+    fn plugins_name_their_deployments() {
+        let Ok(Command::Serve(serve)) = parse(&[
+            "rollout-host",
+            "--plugin",
+            "calc=plugins/calc.wasm",
+            "--plugin",
+            "dir/with=sign/agent.wasm",
+            "--plugin",
+            "a=b=c.wasm",
+        ]) else {
+            panic!("parses")
+        };
+        assert_eq!(
+            serve.plugin,
+            [
+                ("calc".to_owned(), "plugins/calc.wasm".into()),
+                ("default".to_owned(), "dir/with=sign/agent.wasm".into()),
+                ("a".to_owned(), "b=c.wasm".into()),
+            ]
+        );
+        for bad in ["-x=a.wasm", "a b=c.wasm", "calc=", ""] {
+            assert!(parse(&["rollout-host", "--plugin", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -28,20 +28,21 @@ pub enum InitOutcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct InitAnswer {
     pub rollout_id: Arc<str>,
-    /// The JSON array of the plugin's tools, shared between rollouts (an
+    /// The answer's fields after `rollout_id`, as JSON text (`"tools":[...]`
+    /// and the build that runs the rollout), shared between rollouts (an
     /// `Arc<String>`: a thin pointer keeps a record small).
-    pub tools: Arc<String>,
+    pub fields: Arc<String>,
 }
 
 impl InitAnswer {
-    /// `{"rollout_id":...,"tools":[...]}`: the same bytes every time.
+    /// `{"rollout_id":...,"tools":[...],...}`: the same bytes every time.
     pub fn body(&self) -> Bytes {
         let id = serde_json::Value::from(&*self.rollout_id).to_string();
-        let mut body = String::with_capacity(id.len() + self.tools.len() + 26);
+        let mut body = String::with_capacity(id.len() + self.fields.len() + 17);
         body.push_str("{\"rollout_id\":");
         body.push_str(&id);
-        body.push_str(",\"tools\":");
-        body.push_str(&self.tools);
+        body.push(',');
+        body.push_str(&self.fields);
         body.push('}');
         Bytes::from(body)
     }
@@ -57,7 +58,7 @@ enum Entry {
     /// Accepted: the rollout is running, or has finished (then the key is
     /// in the finished queue).
     Accepted {
-        tools: Arc<String>,
+        fields: Arc<String>,
         /// The rollout id, when it is not the key itself (rare).
         rollout_id: Option<Box<Arc<str>>>,
     },
@@ -126,11 +127,11 @@ impl IdempotencyStore {
         match records.entries.get(key) {
             Some(Entry::Pending(rx)) => Claim::Wait((**rx).clone()),
             Some(Entry::Accepted {
-                rollout_id, tools, ..
+                rollout_id, fields, ..
             }) => {
                 let answer = InitAnswer {
                     rollout_id: rollout_id.as_deref().cloned().unwrap_or_else(|| key.into()),
-                    tools: tools.clone(),
+                    fields: fields.clone(),
                 };
                 Claim::Done(answer.body())
             }
@@ -216,7 +217,7 @@ impl Ticket {
         self.settle(
             InitOutcome::Accepted(body.clone()),
             Some(Entry::Accepted {
-                tools: answer.tools.clone(),
+                fields: answer.fields.clone(),
                 rollout_id,
             }),
         );
@@ -290,7 +291,7 @@ mod tests {
     fn answer(id: &str) -> InitAnswer {
         InitAnswer {
             rollout_id: id.into(),
-            tools: Arc::new("[]".to_owned()),
+            fields: Arc::new(r#""tools":[]"#.to_owned()),
         }
     }
 

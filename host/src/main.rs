@@ -30,24 +30,25 @@ fn serve(args: &ServeArgs) -> ExitCode {
     }
     let config = args.server_config();
     if args.validate {
-        return match rollout_host::validate::validate(
-            &config.plugin,
-            config.limits,
-            config.allocator,
-            config
-                .compile_cache
-                .as_deref()
-                .and_then(rollout_host::runtime::CompileCache::open_or_warn),
-        ) {
-            Ok(report) => {
-                println!("{}: {report}", config.plugin.display());
-                ExitCode::SUCCESS
+        let cache = config
+            .compile_cache
+            .as_deref()
+            .and_then(rollout_host::runtime::CompileCache::open_or_warn);
+        for (_, plugin) in &config.plugins {
+            match rollout_host::validate::validate(
+                plugin,
+                config.limits.clone(),
+                config.allocator,
+                cache.clone(),
+            ) {
+                Ok(report) => println!("{}: {report}", plugin.display()),
+                Err(e) => {
+                    eprintln!("rollout-host: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
-            Err(e) => {
-                eprintln!("rollout-host: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        }
+        return ExitCode::SUCCESS;
     }
     rollout_host::runtime::capacity::raise_open_file_limit();
     match rollout_host::server::serve(config) {

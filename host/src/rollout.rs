@@ -9,8 +9,8 @@ use crate::fault;
 use crate::idempotency::Finished;
 use crate::places::Place;
 use crate::protocol::{RolloutRequest, RolloutResponse, RolloutStatus, split_messages};
-use crate::runtime::{Completion, GuestError, Instance, Plugin, RolloutHost, WitRolloutRequest};
-use crate::server::App;
+use crate::runtime::{Completion, GuestError, Instance, RolloutHost, WitRolloutRequest};
+use crate::server::{App, BUILD_KEY, Deployment, Running};
 use crate::trainer::Endpoints;
 use futures_util::FutureExt;
 use serde_json::value::RawValue;
@@ -61,10 +61,12 @@ pub struct Starting {
     pub endpoints: Arc<Endpoints>,
     pub wit_request: WitRolloutRequest,
     pub instance: Instance,
-    /// Keeps the plugin the rollout started with alive until it ends.
-    pub plugin: Arc<Plugin>,
-    /// The rollout's place in the server, given back when this task ends
-    /// (a panic included).
+    /// Keeps the plugin version the rollout started with alive (and
+    /// counted) until it ends.
+    pub version: Running,
+    pub deployment: Arc<Deployment>,
+    /// The rollout's place in its deployment, given back when this task
+    /// ends (a panic included).
     pub admission: Place,
 }
 
@@ -76,18 +78,21 @@ pub async fn run(app: Arc<App>, starting: Starting, finished: Finished) {
         endpoints,
         wit_request,
         instance,
-        plugin,
+        version,
+        deployment,
         admission,
     } = starting;
     let span = tracing::info_span!(
         "rollout",
         rollout_id = %request.rollout_id,
-        plugin = %plugin.label()
+        deployment = %deployment.name,
+        plugin = %version.label()
     );
     async move {
         let mut started = Instant::now();
         let ran = AssertUnwindSafe(execute(
             &app,
+            &deployment,
             &request,
             &wit_request,
             instance,
@@ -103,14 +108,17 @@ pub async fn run(app: Arc<App>, starting: Starting, finished: Finished) {
                 (Outcome::Internal(text), None)
             }
         };
-        let response = build_response(
+        let mut response = build_response(
             &request.rollout_id,
             &wit_request.messages,
-            plugin.label(),
+            version.label(),
             host,
             outcome,
             started,
         );
+        response
+            .extra_fields
+            .insert(BUILD_KEY.to_owned(), version.build.clone());
         match response.status {
             RolloutStatus::Completed => tracing::debug!(
                 finish_reason = %response.finish_reason,
@@ -130,8 +138,9 @@ pub async fn run(app: Arc<App>, starting: Starting, finished: Finished) {
             Err(e) => tracing::error!(error = %e, "completion callback not delivered"),
         }
         finished.done();
-        app.stats.completed.fetch_add(1, Ordering::Relaxed);
+        deployment.stats.completed.fetch_add(1, Ordering::Relaxed);
         drop(admission);
+        drop(version);
     }
     .instrument(span)
     .await
@@ -141,17 +150,18 @@ pub async fn run(app: Arc<App>, starting: Starting, finished: Finished) {
 /// deadline; `started` is set when the slot was acquired.
 async fn execute(
     app: &App,
+    deployment: &Deployment,
     request: &RolloutRequest,
     wit_request: &WitRolloutRequest,
     mut instance: Instance,
     started: &mut Instant,
 ) -> (Outcome, RolloutHost) {
-    let deadline = app.limits.wall_clock;
+    let deadline = deployment.limits.wall_clock;
     let ran = tokio::select! {
         biased;
         _ = app.shutdown.cancelled() => None,
         ran = async {
-            let _slot = app.slots.acquire().await;
+            let _slot = deployment.slots.acquire().await;
             *started = Instant::now();
             fault::inject("rollout", &request.rollout_id);
             tokio::time::timeout(deadline, instance.run(wit_request)).await

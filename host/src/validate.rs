@@ -4,8 +4,8 @@
 
 use crate::protocol::Tool;
 use crate::runtime::{
-    AllocatorChoice, CompileCache, Limits, LoadError, RolloutHost, Runtime, RuntimeConfig,
-    WitRolloutRequest,
+    AllocatorChoice, CompileCache, GuestError, Limits, LoadError, Plugin, RolloutHost, Runtime,
+    RuntimeConfig, WitRolloutRequest,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -57,6 +57,15 @@ fn sample_request() -> WitRolloutRequest {
     }
 }
 
+/// Asks a loaded plugin for its tools on the sample request, checked as
+/// an init's are.
+pub async fn sample_tools(plugin: &Plugin) -> Result<Vec<Tool>, GuestError> {
+    let (_, tools) = plugin
+        .start(RolloutHost::detached("validate"), &sample_request())
+        .await?;
+    Ok(tools)
+}
+
 /// Loads `plugin` under `limits` and checks its tools.
 pub fn validate(
     plugin: &Path,
@@ -77,8 +86,7 @@ pub fn validate(
             compile_cache,
         })?);
         let loaded = runtime.load(plugin).await?;
-        let (_, tools) = loaded
-            .start(RolloutHost::detached("validate"), &sample_request())
+        let tools = sample_tools(&loaded)
             .await
             .map_err(|e| ValidateError::Tools {
                 path: plugin.display().to_string(),

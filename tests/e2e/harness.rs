@@ -40,6 +40,32 @@ pub fn plugin(name: &str) -> PathBuf {
     }
 }
 
+/// Puts a copy of `src` at `dest` by rename, the way a deployment should.
+pub fn deploy(src: &Path, dest: &Path) {
+    let staged = dest.with_extension("staged");
+    std::fs::copy(src, &staged).unwrap();
+    std::fs::rename(&staged, dest).unwrap();
+}
+
+/// Sends the server SIGHUP (reload its plugin files).
+pub fn hang_up(server: &Server) {
+    let sent = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// The sha256 of a file, in hex (what the host names a plugin build by).
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).expect("read the plugin");
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Runs a plugin's `build.sh` the first time it is asked for (one build
 /// at a time: they install toolchains into the same `.tools/`).
 fn built_by_script(name: &str, script: &Path) -> PathBuf {

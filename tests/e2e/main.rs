@@ -2,6 +2,7 @@
 //! and a scripted trainer over HTTP.
 
 mod datasets;
+mod deployments;
 mod hardening;
 mod harness;
 mod plugins;

@@ -137,10 +137,13 @@ async fn health_reports_the_agent_and_counts() {
     let (status, health) = server.get("/health", None).await;
     assert_eq!(status, 200);
     let capacity = health["capacity"].clone();
+    let build = json!({"deployment": "default", "agent": "calculator",
+                       "plugin_sha256": sha256_file(&plugin("calc"))});
     assert_eq!(
         health,
         json!({"status": "healthy", "agent_loop": "calculator", "active_rollouts": 0,
-               "completed_rollouts": 0, "records": 0, "capacity": capacity})
+               "completed_rollouts": 0, "records": 0, "deployment": "default",
+               "build": build, "capacity": capacity})
     );
     // 100 running + 1000 queued by default, within what the machine holds.
     assert_eq!(

@@ -3,18 +3,9 @@
 
 use crate::harness::*;
 use serde_json::{Value, json};
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-/// Puts a copy of `src` at `dest` by rename, the way a deployment should.
-fn deploy(src: &Path, dest: &Path) {
-    let staged = dest.with_extension("staged");
-    std::fs::copy(src, &staged).unwrap();
-    std::fs::rename(&staged, dest).unwrap();
-}
 
 async fn agent(server: &Server) -> Value {
     server.get("/health", None).await.1["agent_loop"].clone()
@@ -53,14 +44,6 @@ async fn keeps_serving_after_a_failed_swap(server: &Server, trainer: &Trainer, i
     let (status, answer) = server.init(&misbehave_body(id, trainer, "echo")).await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(trainer.single_completion(id).await["status"], "COMPLETED");
-}
-
-fn hang_up(server: &Server) {
-    let sent = Command::new("kill")
-        .args(["-HUP", &server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
 }
 
 #[tokio::test(flavor = "multi_thread")]

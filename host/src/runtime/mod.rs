@@ -24,7 +24,7 @@ use bindings::exports::osmosis::rollout::agent::Guest as AgentExports;
 pub use bindings::osmosis::rollout::types::RolloutRequest as WitRolloutRequest;
 use state::StoreState;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
@@ -173,11 +173,21 @@ impl Runtime {
     /// Compiles, checks and pre-instantiates a plugin, then instantiates it
     /// once to ask its name (which also proves it starts).
     pub async fn load(self: &Arc<Self>, path: &Path) -> Result<Plugin, LoadError> {
-        let path = path.to_owned();
-        let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
-            path: path.clone(),
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
             source,
         })?;
+        self.load_bytes(bytes, path).await
+    }
+
+    /// [`Runtime::load`] of a plugin's bytes; `path` names it in messages
+    /// (the file it was read from, or where it came from).
+    pub async fn load_bytes(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+        path: &Path,
+    ) -> Result<Plugin, LoadError> {
+        let path = path.to_owned();
         if !is_component(&bytes) {
             return Err(LoadError::NotAComponent { path });
         }
@@ -208,7 +218,6 @@ impl Runtime {
             warm: None,
             name: String::new(),
             label: format!("@{}", &sha256[..7]).into(),
-            shared_tools: Mutex::default(),
             sha256,
             path,
         };
@@ -572,8 +581,6 @@ pub struct Plugin {
     /// `name@` and the first 7 hex digits of `sha256`: names the build in
     /// messages and logs.
     label: Arc<str>,
-    /// The last tool list (JSON) a rollout got: most get the same one.
-    shared_tools: Mutex<Option<Arc<String>>>,
     path: PathBuf,
 }
 
@@ -588,20 +595,9 @@ impl Plugin {
         &self.label
     }
 
-    /// The tool list `tools` encodes to, as JSON text shared with the last
-    /// rollout that got the same list (a kept init answer then costs a
-    /// pointer, not a copy).
-    pub fn shared_tools(&self, tools: &[Tool]) -> Result<Arc<String>, serde_json::Error> {
-        let text = serde_json::to_string(tools)?;
-        let mut shared = self.shared_tools.lock().unwrap_or_else(|p| p.into_inner());
-        match &*shared {
-            Some(same) if **same == text => Ok(same.clone()),
-            _ => {
-                let text = Arc::new(text);
-                *shared = Some(text.clone());
-                Ok(text)
-            }
-        }
+    /// The sha256 of the plugin's bytes, in hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     fn error(&self, stage: Stage, failure: Failure) -> GuestError {

@@ -1,41 +1,81 @@
 //! `GET /health` (open) and `GET /platform/health` (404 without an API key,
-//! 401 on a wrong one).
+//! 401 on a wrong one): the default deployment's at the root, each
+//! deployment's under `/deployments/NAME/`.
 
-use super::{App, auth, json_error};
+use super::init::no_such_deployment;
+use super::{App, Deployment, auth, json_error};
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-pub async fn health(State(app): State<Arc<App>>) -> Response {
-    body(&app)
+pub async fn health_default(State(app): State<Arc<App>>) -> Response {
+    default_body(&app)
 }
 
-pub async fn platform_health(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+pub async fn platform_health_default(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    platform(&app, &headers).unwrap_or_else(|| default_body(&app))
+}
+
+pub async fn health(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    named_body(&app, &name)
+}
+
+pub async fn platform_health(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    platform(&app, &headers).unwrap_or_else(|| named_body(&app, &name))
+}
+
+/// The refusal of `/platform/health`, if it is refused.
+fn platform(app: &App, headers: &HeaderMap) -> Option<Response> {
     match &app.api_key {
-        None => json_error(StatusCode::NOT_FOUND, "Not Found"),
-        Some(key) if !auth::authorized(key, &headers) => {
-            json_error(StatusCode::UNAUTHORIZED, "Invalid or missing API key")
-        }
-        Some(_) => body(&app),
+        None => Some(json_error(StatusCode::NOT_FOUND, "Not Found")),
+        Some(key) if !auth::authorized(key, headers) => Some(json_error(
+            StatusCode::UNAUTHORIZED,
+            "Invalid or missing API key",
+        )),
+        Some(_) => None,
     }
 }
 
-fn body(app: &App) -> Response {
+fn default_body(app: &App) -> Response {
+    match app.default_deployment() {
+        Some(deployment) => body(&deployment),
+        None => json_error(
+            StatusCode::NOT_FOUND,
+            "no default deployment: see /deployments/NAME/health",
+        ),
+    }
+}
+
+fn named_body(app: &App, name: &str) -> Response {
+    match app.deployment(name) {
+        Some(deployment) => body(&deployment),
+        None => no_such_deployment(name),
+    }
+}
+
+fn body(d: &Deployment) -> Response {
+    let version = d.plugin.current();
     Json(json!({
         "status": "healthy",
-        "agent_loop": app.plugin.current().name(),
-        "active_rollouts": app.places.taken(),
-        "completed_rollouts": app.stats.completed.load(Ordering::Relaxed),
-        "records": app.idempotency.len(),
+        "agent_loop": version.name(),
+        "active_rollouts": d.places.taken(),
+        "completed_rollouts": d.stats.completed.load(Ordering::Relaxed),
+        "records": d.idempotency.len(),
+        "deployment": &*d.name,
+        "build": version.build,
         "capacity": {
-            "rollouts": app.capacity,
-            "running": app.max_concurrent,
-            "machine_holds": app.machine.instances,
-            "bound": app.machine.bound.name(),
+            "rollouts": d.capacity,
+            "running": d.max_concurrent,
+            "machine_holds": d.machine.instances,
+            "bound": d.machine.bound.name(),
         },
     }))
     .into_response()

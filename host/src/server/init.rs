@@ -1,14 +1,15 @@
-//! `POST /v1/rollout/init`: auth, body cap, validation, idempotency,
-//! admission, `get-tools`, then the run in the background and 202.
+//! `POST /v1/rollout/init` (and `/deployments/NAME/v1/rollout/init`):
+//! auth, body cap, validation, idempotency, admission, `get-tools`, then
+//! the run in the background and 202.
 
-use super::{App, auth, json_error};
+use super::{App, Deployment, auth, json_error};
 use crate::fault;
 use crate::idempotency::{self, Claim, InitAnswer, InitOutcome, Ticket};
 use crate::protocol::{Message, RolloutRequest, json_text, message_texts, parse_init_request};
 use crate::rollout;
 use crate::runtime::{Failure, HostCallLimits, RolloutHost, TrainerLink, WitRolloutRequest};
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +17,43 @@ use bytes::Bytes;
 use serde_json::json;
 use std::sync::Arc;
 
-pub async fn init(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+/// The default deployment's init (the root route).
+pub async fn init_default(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    match app.default_deployment() {
+        Some(deployment) => init_on(app, deployment, headers, body).await,
+        None => json_error(
+            StatusCode::NOT_FOUND,
+            "no default deployment: init at /deployments/NAME/v1/rollout/init",
+        ),
+    }
+}
+
+/// `/deployments/{name}/v1/rollout/init`.
+pub async fn init(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match app.deployment(&name) {
+        Some(deployment) => init_on(app, deployment, headers, body).await,
+        None => no_such_deployment(&name),
+    }
+}
+
+pub fn no_such_deployment(name: &str) -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        &format!("no deployment named '{name}'"),
+    )
+}
+
+async fn init_on(
+    app: Arc<App>,
+    deployment: Arc<Deployment>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     if let Some(key) = &app.api_key
         && !auth::authorized(key, &headers)
     {
@@ -43,7 +80,7 @@ pub async fn init(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -
         }
     };
     fault::inject("handler", &request.rollout_id);
-    let outcome = match app.idempotency.claim(request.idempotency_key()) {
+    let outcome = match deployment.idempotency.claim(request.idempotency_key()) {
         Claim::Done(body) => InitOutcome::Accepted(body),
         Claim::Wait(rx) => idempotency::wait(rx).await,
         Claim::New(ticket) => {
@@ -52,7 +89,7 @@ pub async fn init(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -
             // runtime, so init latency does not queue behind running agents;
             // a spinning `get-tools` still yields every epoch tick and is
             // stopped by the CPU budget.
-            let task = tokio::spawn(accept(app.clone(), request, ticket));
+            let task = tokio::spawn(accept(app, deployment, request, ticket));
             task.await.unwrap_or_else(|e| InitOutcome::Failed {
                 status: 500,
                 body: error_body(&format!("init failed: {e}")),
@@ -89,8 +126,13 @@ fn error_body(message: &str) -> Bytes {
 }
 
 /// First request for its key: admit, instantiate, get tools, start the run.
-async fn accept(app: Arc<App>, request: RolloutRequest, ticket: Ticket) -> InitOutcome {
-    match admit_and_start(&app, request, ticket).await {
+async fn accept(
+    app: Arc<App>,
+    deployment: Arc<Deployment>,
+    request: RolloutRequest,
+    ticket: Ticket,
+) -> InitOutcome {
+    match admit_and_start(&app, deployment, request, ticket).await {
         Ok(body) => InitOutcome::Accepted(body),
         Err((status, body)) => InitOutcome::Failed { status, body },
     }
@@ -107,10 +149,11 @@ fn refusal(status: u16, message: &str) -> Refusal {
 /// (so the run can only end a record that exists).
 async fn admit_and_start(
     app: &Arc<App>,
+    deployment: Arc<Deployment>,
     request: RolloutRequest,
     ticket: Ticket,
 ) -> Result<Bytes, Refusal> {
-    match prepare(app, request).await {
+    match prepare(app, deployment, request).await {
         Ok((answer, accepted)) => {
             let (body, finished) = ticket.accept(&answer);
             tracing::debug!(rollout_id = %answer.rollout_id, "rollout accepted");
@@ -129,20 +172,27 @@ async fn admit_and_start(
 /// everything its run needs but the record's token.
 async fn prepare(
     app: &Arc<App>,
+    deployment: Arc<Deployment>,
     mut request: RolloutRequest,
 ) -> Result<(InitAnswer, rollout::Starting), Refusal> {
     if app.shutdown.is_cancelled() || app.tasks.is_closed() {
         return Err(refusal(503, "rollout-host is shutting down"));
     }
+    if deployment.is_removed() {
+        return Err(refusal(
+            404,
+            &format!("deployment '{}' has been deleted", deployment.name),
+        ));
+    }
     // Reserve a place (running or queued) before doing any work; it is
     // given back when `admission` drops, on any way out.
-    let Some(admission) = app.places.try_take(app.capacity) else {
-        tracing::warn!(rollout_id = %request.rollout_id, capacity = app.capacity, "init refused: server full");
+    let Some(admission) = deployment.places.try_take(deployment.capacity) else {
+        tracing::warn!(rollout_id = %request.rollout_id, deployment = %deployment.name, capacity = deployment.capacity, "init refused: deployment full");
         return Err(refusal(
             429,
             &format!(
-                "server is at capacity ({} rollouts running or queued); retry later",
-                app.capacity
+                "deployment '{}' is at capacity ({} rollouts running or queued); retry later",
+                deployment.name, deployment.capacity
             ),
         ));
     };
@@ -170,11 +220,11 @@ async fn prepare(
         app.debug_log
             .as_ref()
             .map(|log| log.rollout(&request.rollout_id)),
-        HostCallLimits::new(&app.limits, request.max_turns),
+        HostCallLimits::new(&deployment.limits, request.max_turns),
     );
-    let plugin = app.plugin.current();
-    let (instance, tools) = plugin.start(host, &wit_request).await.map_err(|e| {
-        tracing::error!(rollout_id = %request.rollout_id, plugin = %plugin.label(), error = %e, "init failed");
+    let version = deployment.plugin.current();
+    let (instance, tools) = version.start(host, &wit_request).await.map_err(|e| {
+        tracing::error!(rollout_id = %request.rollout_id, plugin = %version.label(), error = %e, "init failed");
         // No room for the instance is the server's state, not the
         // plugin's fault: retryable, like a full server.
         let status = match e.failure {
@@ -185,8 +235,8 @@ async fn prepare(
     })?;
     let answer = InitAnswer {
         rollout_id: request.rollout_id.as_str().into(),
-        tools: plugin
-            .shared_tools(&tools)
+        fields: version
+            .answer_fields(&tools)
             .map_err(|e| refusal(500, &format!("cannot encode the init response: {e}")))?,
     };
     let starting = rollout::Starting {
@@ -194,7 +244,8 @@ async fn prepare(
         endpoints,
         wit_request,
         instance,
-        plugin,
+        version: version.running(),
+        deployment,
         admission,
     };
     Ok((answer, starting))

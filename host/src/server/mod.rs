@@ -1,42 +1,48 @@
 //! The HTTP side: routes, shared state, start-up and graceful shutdown.
 
+mod admin;
 mod auth;
+mod deployment;
 mod health;
 mod init;
 mod swap;
 
+pub use deployment::{Deployment, valid_name};
+pub use swap::{BUILD_KEY, Running};
+
 use crate::allocator;
 use crate::debug_log::DebugLog;
 use crate::fault;
-use crate::idempotency::IdempotencyStore;
-use crate::places::Places;
-use crate::runtime::capacity::{MachineCapacity, MachineFacts};
-use crate::runtime::{AllocatorChoice, CompileCache, Limits, LoadError, Runtime, RuntimeConfig};
+use crate::runtime::{AllocatorChoice, CompileCache, Limits};
 use crate::trainer::{ChatDialect, RetryPolicy, TrainerClient, TrainerDialect};
 use axum::Router;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::serve::ListenerExt;
 use futures_util::FutureExt;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Everything the server is configured with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub plugin: PathBuf,
-    /// Reload the plugin when its file changes (`SIGHUP` always reloads).
+    /// The deployments served from files: (name, plugin path), in order.
+    pub plugins: Vec<(String, PathBuf)>,
+    /// Reload a plugin when its file changes (`SIGHUP` always reloads).
     pub reload: bool,
+    /// Bearer token of the admin API; `None`: the API is off.
+    pub admin_token: Option<String>,
+    /// Largest plugin upload the admin API reads.
+    pub max_upload_bytes: usize,
     pub bind: SocketAddr,
     pub api_key: Option<String>,
     pub debug_dir: Option<PathBuf>,
@@ -69,8 +75,13 @@ pub struct ServerConfig {
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error(transparent)]
-    Load(#[from] LoadError),
+    #[error("deployment '{name}': {source}")]
+    Load {
+        name: String,
+        source: swap::SwapError,
+    },
+    #[error("two --plugin flags name deployment '{0}'")]
+    DuplicateDeployment(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -97,26 +108,18 @@ pub struct Stats {
 
 /// State shared by all requests and rollouts.
 pub struct App {
-    /// The plugin new rollouts start with (swapped in place on reload).
-    pub plugin: swap::PluginSlot,
-    pub limits: Limits,
+    /// The deployments, in the order they were made.
+    deployments: RwLock<Vec<Arc<Deployment>>>,
+    /// One deployment made or removed at a time (admin API).
+    changing: tokio::sync::Mutex<()>,
+    /// What new deployments are made with.
+    pub config: ServerConfig,
+    pub compile_cache: Option<CompileCache>,
     pub trainer: TrainerClient,
     /// How chat requests to the trainer are written (shared by every rollout).
     pub dialect: Arc<dyn ChatDialect>,
     pub api_key: Option<String>,
     pub debug_log: Option<DebugLog>,
-    pub idempotency: IdempotencyStore,
-    /// Slots for running agents (`--max-concurrent`).
-    pub slots: Semaphore,
-    /// Their number.
-    pub max_concurrent: usize,
-    /// Places of accepted rollouts not yet finished (running or queued).
-    pub places: Places,
-    /// Most rollouts accepted at once (running + queued).
-    pub capacity: usize,
-    /// What this machine can hold, and what bounds it (for /health).
-    pub machine: MachineCapacity,
-    pub stats: Stats,
     pub max_body_bytes: usize,
     pub metadata_limit: usize,
     /// Rollout tasks, awaited at shutdown.
@@ -126,6 +129,66 @@ pub struct App {
     /// The runtime that executes plugins (instantiation, get-tools, runs).
     pub guests: tokio::runtime::Handle,
 }
+
+impl App {
+    /// Every deployment, in the order they were made.
+    pub fn deployments(&self) -> Vec<Arc<Deployment>> {
+        self.deployments
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn deployment(&self, name: &str) -> Option<Arc<Deployment>> {
+        self.deployments
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .find(|d| &*d.name == name)
+            .cloned()
+    }
+
+    /// The deployment the root routes serve: the one named `default`, else
+    /// the first.
+    pub fn default_deployment(&self) -> Option<Arc<Deployment>> {
+        let deployments = self
+            .deployments
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        deployments
+            .iter()
+            .find(|d| &*d.name == DEFAULT_DEPLOYMENT)
+            .or_else(|| deployments.first())
+            .cloned()
+    }
+
+    fn add(&self, deployment: Arc<Deployment>) {
+        self.deployments
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(deployment);
+    }
+
+    /// Takes `name` out: new inits for it are refused from now on.
+    fn take_out(&self, name: &str) -> Option<Arc<Deployment>> {
+        let mut deployments = self
+            .deployments
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let at = deployments.iter().position(|d| &*d.name == name)?;
+        let deployment = deployments.remove(at);
+        deployment.remove();
+        Some(deployment)
+    }
+
+    /// Rollouts accepted and not finished, over all deployments.
+    fn active(&self) -> usize {
+        self.deployments().iter().map(|d| d.places.taken()).sum()
+    }
+}
+
+/// The name of a bare `--plugin PATH`'s deployment.
+pub const DEFAULT_DEPLOYMENT: &str = "default";
 
 /// How often `--reload` looks at the plugin file.
 const RELOAD_CHECK_EVERY: Duration = Duration::from_millis(500);
@@ -171,31 +234,28 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     // From here on a SIGHUP reloads the plugin (once the server is up)
     // instead of ending the process.
     let hangups = swap::hangups();
-    let mut runtime_config = RuntimeConfig {
-        limits: config.limits.clone(),
-        instance_slots: 0,
-        allocator: config.allocator,
-        warm_slots: config.warm_slots,
-        compile_cache: config
-            .compile_cache
-            .as_deref()
-            .and_then(CompileCache::open_or_warn),
-    };
-    let machine = MachineFacts::read().capacity(runtime_config.reservation());
-    let capacity = admissible(&config, machine);
-    let max_concurrent = config.max_concurrent.min(capacity);
-    // Accepted rollouts hold an instance; inits in progress hold one too
-    // (admission comes first, so at most `capacity`), plus hot swap's check.
-    runtime_config.instance_slots =
-        u32::try_from(capacity.saturating_add(INSTANCE_HEADROOM)).unwrap_or(u32::MAX);
-    let runtime = Arc::new(Runtime::new(runtime_config)?);
-    let plugin = runtime.load(&config.plugin).await?;
-    tracing::info!(
-        plugin = %config.plugin.display(),
-        build = %plugin.label(),
-        allocator = ?runtime.allocator(),
-        "plugin loaded"
-    );
+    let compile_cache = config
+        .compile_cache
+        .as_deref()
+        .and_then(CompileCache::open_or_warn);
+    let mut deployments: Vec<Arc<Deployment>> = Vec::with_capacity(config.plugins.len());
+    for (name, path) in &config.plugins {
+        if deployments.iter().any(|d| &*d.name == name) {
+            return Err(ServerError::DuplicateDeployment(name.clone()));
+        }
+        let made = Deployment::create(
+            name,
+            deployment::PluginBytes::File(path.clone()),
+            &config,
+            compile_cache.clone(),
+        )
+        .await
+        .map_err(|source| ServerError::Load {
+            name: name.clone(),
+            source,
+        })?;
+        deployments.push(Arc::new(made));
+    }
     let debug_log = match &config.debug_dir {
         None => None,
         Some(dir) => {
@@ -213,24 +273,19 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     let trainer = TrainerClient::new(config.retry.clone(), config.trainer_idle_timeout)
         .map_err(|e| ServerError::Client(e.to_string()))?;
     let app = Arc::new(App {
-        plugin: swap::PluginSlot::new(runtime, config.plugin.clone(), plugin),
-        limits: config.limits.clone(),
+        deployments: RwLock::new(deployments),
+        changing: tokio::sync::Mutex::new(()),
+        compile_cache,
         trainer,
         dialect: Arc::new(TrainerDialect),
         api_key: config.api_key.clone(),
         debug_log,
-        idempotency: IdempotencyStore::new(config.max_records),
-        slots: Semaphore::new(max_concurrent.max(1)),
-        max_concurrent,
-        places: Places::default(),
-        capacity,
-        machine,
-        stats: Stats::default(),
         max_body_bytes: config.max_body_bytes,
         metadata_limit: config.metadata_limit,
         tasks: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         guests,
+        config: config.clone(),
     });
 
     let listener = tokio::net::TcpListener::bind(config.bind)
@@ -242,7 +297,7 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     let local = listener.local_addr().map_err(ServerError::Serve)?;
     tracing::info!("listening on http://{local}");
 
-    let expiry = tokio::spawn(expire_records(app.idempotency.clone(), config.record_ttl));
+    let expiry = tokio::spawn(expire_records(app.clone(), config.record_ttl));
     // Wake each runtime's threads now and then, so a thread that went idle
     // right after freeing memory parks again and gives it back.
     let heartbeats = [
@@ -273,39 +328,22 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     Ok(())
 }
 
-/// Instances beyond the rollouts in flight: inits in progress past
-/// admission never exceed it, so this covers a hot swap's start-up check.
-const INSTANCE_HEADROOM: usize = 64;
-
-/// Rollouts in flight (running + queued) the server accepts: what the flags
-/// ask for, lowered to what the machine holds, with one line saying so.
-fn admissible(config: &ServerConfig, machine: MachineCapacity) -> usize {
-    let asked = config.max_concurrent.saturating_add(config.max_queued);
-    // The warm pool's slots take mappings and address space too.
-    let holds = machine
-        .instances
-        .saturating_sub(INSTANCE_HEADROOM + config.warm_slots as usize)
-        .max(1);
-    if asked <= holds {
-        return asked;
-    }
-    tracing::warn!(
-        "--max-concurrent {} + --max-queued {} is more than this machine holds: at most {holds} \
-         rollouts in flight ({} is {}); serving {holds}, more inits get 429; {}",
-        config.max_concurrent,
-        config.max_queued,
-        machine.bound.name(),
-        machine.limit,
-        machine.bound.hint()
-    );
-    holds
-}
-
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/v1/rollout/init", post(init::init))
-        .route("/health", get(health::health))
-        .route("/platform/health", get(health::platform_health))
+        .route("/v1/rollout/init", post(init::init_default))
+        .route("/health", get(health::health_default))
+        .route("/platform/health", get(health::platform_health_default))
+        .route("/deployments/{name}/v1/rollout/init", post(init::init))
+        .route("/deployments/{name}/health", get(health::health))
+        .route(
+            "/deployments/{name}/platform/health",
+            get(health::platform_health),
+        )
+        .route("/admin/deployments", get(admin::list))
+        .route(
+            "/admin/deployments/{name}",
+            put(admin::put).delete(admin::delete).get(admin::show),
+        )
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "Not Found") })
         .method_not_allowed_fallback(|| async {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
@@ -335,14 +373,16 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "detail": message }))).into_response()
 }
 
-async fn expire_records(store: IdempotencyStore, ttl: Duration) {
+async fn expire_records(app: Arc<App>, ttl: Duration) {
     let period = ttl.clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        let dropped = store.expire(ttl);
-        if dropped > 0 {
-            tracing::debug!(dropped, "expired idempotency records");
+        for deployment in app.deployments() {
+            let dropped = deployment.idempotency.expire(ttl);
+            if dropped > 0 {
+                tracing::debug!(deployment = %deployment.name, dropped, "expired idempotency records");
+            }
         }
     }
 }
@@ -373,13 +413,13 @@ async fn shutdown_signal() {
 /// still sends its single callback.
 async fn drain(app: &App, grace: Duration) {
     app.tasks.close();
-    let active = app.places.taken();
+    let active = app.active();
     if active > 0 {
         tracing::info!(active, ?grace, "waiting for running rollouts");
     }
     if tokio::time::timeout(grace, app.tasks.wait()).await.is_err() {
         tracing::warn!(
-            active = app.places.taken(),
+            active = app.active(),
             "grace period over: ending remaining rollouts with an ERROR callback"
         );
         app.shutdown.cancel();

@@ -5,72 +5,260 @@
 //! nothing in flight is dropped; a plugin that fails to load is reported
 //! and the running one stays.
 //!
-//! Triggers: `SIGHUP`, and with `--reload` any change to the plugin file.
+//! Triggers, per deployment: `SIGHUP` and, with `--reload`, any change to
+//! its plugin file; an upload through the admin API (`server/admin.rs`).
 
 use super::App;
 use crate::runtime::{LoadError, Plugin, Runtime};
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use serde_json::{Value, json};
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
-/// The plugin new rollouts start with, and how to load it again.
+/// Where a deployment's plugin comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A file, loaded again on SIGHUP (and on change with `--reload`).
+    File(PathBuf),
+    /// Bytes uploaded through the admin API: nothing to reload from.
+    Upload,
+}
+
+/// One loaded build of a deployment's plugin: what its rollouts run and
+/// what their init answers and callbacks name.
+pub struct Version {
+    plugin: Plugin,
+    pub loaded_at: SystemTime,
+    pub source: Source,
+    /// `{"deployment", "agent", "plugin_sha256"}`: the reserved
+    /// [`BUILD_KEY`] of every callback's `extra_fields` and init answer.
+    pub build: Value,
+    /// Rollouts accepted on this version and not yet finished.
+    in_flight: AtomicUsize,
+    /// The init answer's fields after `rollout_id`, shared with the last
+    /// rollout that got the same tools (a kept record then costs a
+    /// pointer, not a copy).
+    answer_fields: Mutex<Option<(Arc<String>, Arc<String>)>>,
+}
+
+/// The key of `extra_fields` (and of the init answer) naming the build
+/// that ran a rollout; a plugin's own value under it is replaced.
+pub const BUILD_KEY: &str = "rollout_host";
+
+impl Version {
+    fn new(deployment: &str, plugin: Plugin, source: Source) -> Self {
+        let build = json!({
+            "deployment": deployment,
+            "agent": plugin.name(),
+            "plugin_sha256": plugin.sha256(),
+        });
+        Self {
+            plugin,
+            loaded_at: SystemTime::now(),
+            source,
+            build,
+            in_flight: AtomicUsize::new(0),
+            answer_fields: Mutex::default(),
+        }
+    }
+
+    /// `"tools":[...],"rollout_host":{...}`: the init answer after its
+    /// `rollout_id`, for a rollout offered `tools`.
+    pub fn answer_fields(
+        &self,
+        tools: &[crate::protocol::Tool],
+    ) -> Result<Arc<String>, serde_json::Error> {
+        let tools = serde_json::to_string(tools)?;
+        let mut shared = self
+            .answer_fields
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((same_tools, fields)) = &*shared
+            && **same_tools == tools
+        {
+            return Ok(fields.clone());
+        }
+        let fields = Arc::new(format!("\"tools\":{tools},\"{BUILD_KEY}\":{}", self.build));
+        *shared = Some((Arc::new(tools), fields.clone()));
+        Ok(fields)
+    }
+
+    /// Counts a rollout on this version until the guard drops.
+    pub fn running(self: &Arc<Self>) -> Running {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Running(self.clone())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+impl Deref for Version {
+    type Target = Plugin;
+
+    fn deref(&self) -> &Plugin {
+        &self.plugin
+    }
+}
+
+/// A rollout running on a version: keeps it loaded and counted.
+pub struct Running(Arc<Version>);
+
+impl Deref for Running {
+    type Target = Arc<Version>;
+
+    fn deref(&self) -> &Arc<Version> {
+        &self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a deployment's plugin was not swapped (the running one stays).
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{0} failed its get-tools check: {1}")]
+    Tools(String, String),
+    #[error("deployment '{0}' serves an uploaded plugin: there is no file to reload")]
+    NothingToReload(String),
+}
+
+/// The plugin new rollouts of a deployment start with, and how to load it
+/// again.
 pub struct PluginSlot {
-    current: RwLock<Arc<Plugin>>,
+    deployment: Arc<str>,
+    current: RwLock<Arc<Version>>,
+    /// Versions swapped out, while rollouts still run on them.
+    retired: Mutex<Vec<Weak<Version>>>,
     runtime: Arc<Runtime>,
-    path: PathBuf,
     /// One load at a time: a second trigger waits and then loads the file
     /// as it is by then.
     loading: tokio::sync::Mutex<()>,
 }
 
 impl PluginSlot {
-    pub fn new(runtime: Arc<Runtime>, path: PathBuf, plugin: Plugin) -> Self {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        deployment: Arc<str>,
+        plugin: Plugin,
+        source: Source,
+    ) -> Self {
         Self {
-            current: RwLock::new(Arc::new(plugin)),
+            current: RwLock::new(Arc::new(Version::new(&deployment, plugin, source))),
+            deployment,
+            retired: Mutex::default(),
             runtime,
-            path,
             loading: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The plugin a rollout starting now runs on.
-    pub fn current(&self) -> Arc<Plugin> {
+    /// The version a rollout starting now runs on.
+    pub fn current(&self) -> Arc<Version> {
         self.current
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
     }
 
-    /// Loads the plugin file and, if it loads, makes it the current plugin.
-    pub async fn reload(&self) -> Result<Arc<Plugin>, LoadError> {
+    /// The current version, then those swapped out that rollouts still
+    /// run on.
+    pub fn versions(&self) -> Vec<Arc<Version>> {
+        let mut retired = self
+            .retired
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        retired.retain(|v| v.strong_count() > 0);
+        let mut versions = vec![self.current()];
+        versions.extend(retired.iter().filter_map(Weak::upgrade));
+        versions
+    }
+
+    /// The file the current version was loaded from, if any.
+    pub fn path(&self) -> Option<PathBuf> {
+        match &self.current().source {
+            Source::File(path) => Some(path.clone()),
+            Source::Upload => None,
+        }
+    }
+
+    /// Loads the plugin file again and, if it loads, makes it current.
+    pub async fn reload(&self) -> Result<Arc<Version>, SwapError> {
         let _one_at_a_time = self.loading.lock().await;
-        let plugin = Arc::new(self.runtime.load(&self.path).await?);
+        let Some(path) = self.path() else {
+            return Err(SwapError::NothingToReload(self.deployment.to_string()));
+        };
+        let plugin = self.runtime.load(&path).await?;
+        check_tools(&plugin, &path).await?;
+        Ok(self.swap(plugin, Source::File(path)))
+    }
+
+    /// Loads uploaded plugin bytes, asks them for their tools on a sample
+    /// request, and if all that works makes them current.
+    pub async fn upload(&self, bytes: Vec<u8>) -> Result<Arc<Version>, SwapError> {
+        let _one_at_a_time = self.loading.lock().await;
+        let origin = upload_origin(&self.deployment, bytes.len());
+        let plugin = self.runtime.load_bytes(bytes, &origin).await?;
+        check_tools(&plugin, &origin).await?;
+        Ok(self.swap(plugin, Source::Upload))
+    }
+
+    fn swap(&self, plugin: Plugin, source: Source) -> Arc<Version> {
+        let version = Arc::new(Version::new(&self.deployment, plugin, source));
         let old = std::mem::replace(
             &mut *self
                 .current
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
-            plugin.clone(),
+            version.clone(),
         );
         tracing::info!(
-            plugin = %self.path.display(),
-            build = %plugin.label(),
+            deployment = %self.deployment,
+            build = %version.label(),
             previous = %old.label(),
             "plugin swapped: new rollouts run the new plugin, running ones finish on theirs"
         );
-        Ok(plugin)
+        self.retired
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(Arc::downgrade(&old));
+        version
     }
 
     /// Reloads, logging the outcome (a failed load keeps the running plugin).
     async fn reload_logged(&self, trigger: &str) {
         if let Err(e) = self.reload().await {
             tracing::error!(
+                deployment = %self.deployment,
                 trigger,
                 error = %e,
                 "plugin not swapped: the running plugin stays"
             );
         }
     }
+}
+
+/// What an uploaded plugin is called in messages.
+pub fn upload_origin(deployment: &str, len: usize) -> PathBuf {
+    PathBuf::from(format!(
+        "the upload to deployment '{deployment}' ({len} bytes)"
+    ))
+}
+
+/// A plugin's `get-tools` on the sample request `--validate` uses.
+pub async fn check_tools(plugin: &Plugin, origin: &Path) -> Result<(), SwapError> {
+    crate::validate::sample_tools(plugin)
+        .await
+        .map(drop)
+        .map_err(|e| SwapError::Tools(origin.display().to_string(), e.to_string()))
 }
 
 /// `SIGHUP`s from now on (instead of their default action, which ends the
@@ -94,13 +282,19 @@ pub fn hangups() -> Hangups {
     None
 }
 
-/// Reloads the plugin on every `SIGHUP`.
+/// Reloads every deployment served from a file on each `SIGHUP`, each on
+/// its own (one that fails to load keeps its running plugin).
 pub async fn reload_on_hangup(app: Arc<App>, hangups: Hangups) {
     #[cfg(unix)]
     if let Some(mut hangups) = hangups {
         while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading the plugin");
-            app.plugin.reload_logged("SIGHUP").await;
+            tracing::info!("SIGHUP: reloading the plugins");
+            let reloads = app
+                .deployments()
+                .into_iter()
+                .filter(|d| d.plugin.path().is_some())
+                .map(|d| async move { d.plugin.reload_logged("SIGHUP").await });
+            futures_util::future::join_all(reloads).await;
         }
     }
     #[cfg(not(unix))]
@@ -126,26 +320,54 @@ fn fingerprint(path: &std::path::Path) -> Option<Fingerprint> {
     })
 }
 
-/// `--reload`: checks the plugin file every `every` and reloads it once a
-/// change has stayed the same for one more check (so a file being copied
-/// in is not read half-written). Replacing the file by a rename is the
-/// safest way to deploy.
+/// `--reload`: checks each deployment's plugin file every `every` and
+/// reloads it once a change has stayed the same for one more check (so a
+/// file being copied in is not read half-written). Replacing the file by a
+/// rename is the safest way to deploy.
 pub async fn reload_on_change(app: Arc<App>, every: Duration) {
-    let path = app.plugin.path.clone();
-    let mut loaded = fingerprint(&path);
-    let mut seen = loaded.clone();
+    /// Per deployment: the file's fingerprint when loaded, and last seen.
+    struct Watched {
+        path: PathBuf,
+        loaded: Option<Fingerprint>,
+        seen: Option<Fingerprint>,
+    }
+    let mut watched: std::collections::HashMap<Arc<str>, Watched> = Default::default();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = fingerprint(&path);
-        if now.is_some() && now != loaded && now == seen {
-            tracing::info!(plugin = %path.display(), "plugin file changed: reloading");
-            app.plugin.reload_logged("file change").await;
-            // A failed load is not retried until the file changes again.
-            loaded = now.clone();
+        let deployments = app.deployments();
+        watched.retain(|name, _| deployments.iter().any(|d| d.name == *name));
+        for deployment in deployments {
+            let Some(path) = deployment.plugin.path() else {
+                watched.remove(&deployment.name);
+                continue;
+            };
+            let now = fingerprint(&path);
+            let w = watched
+                .entry(deployment.name.clone())
+                .or_insert_with(|| Watched {
+                    path: path.clone(),
+                    loaded: now.clone(),
+                    seen: now.clone(),
+                });
+            if w.path != path {
+                // Swapped to another file meanwhile: watch that one.
+                *w = Watched {
+                    path,
+                    loaded: now.clone(),
+                    seen: now,
+                };
+                continue;
+            }
+            if now.is_some() && now != w.loaded && now == w.seen {
+                tracing::info!(deployment = %deployment.name, plugin = %path.display(), "plugin file changed: reloading");
+                deployment.plugin.reload_logged("file change").await;
+                // A failed load is not retried until the file changes again.
+                w.loaded = now.clone();
+            }
+            w.seen = now;
         }
-        seen = now;
     }
 }
 

@@ -40,7 +40,16 @@ impl Agent for Misbehave {
                 description: "parameters that are not a JSON object".into(),
                 parameters: json!(["a", "b"]),
             }],
-            _ => calculator::Calculator.tools(request),
+            // The calculator's tools, told apart from the calculator
+            // plugin's own (a second build with other descriptions).
+            _ => calculator::Calculator
+                .tools(request)
+                .into_iter()
+                .map(|t| ToolDefinition {
+                    description: format!("{} (misbehave's copy)", t.description),
+                    ..t
+                })
+                .collect(),
         }
     }
 
