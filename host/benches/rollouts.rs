@@ -334,13 +334,7 @@ fn process_usage(pid: u32) -> Usage {
     let ticks =
         |i: usize| Duration::from_nanos(fields[i].parse::<u64>().unwrap() * 1_000_000_000 / hz);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib = |key: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let kib = |key: &str| kib_field(&status, key);
     Usage {
         user: ticks(11),
         system: ticks(12),
@@ -355,11 +349,14 @@ fn process_usage(pid: u32) -> Usage {
 /// however many times it is mapped (what its cgroup is charged).
 fn process_pss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|l| l.starts_with("Pss:"))?;
-            line["Pss:".len()..].split_whitespace().next()?.parse().ok()
-        })
+        .map_or(0, |text| kib_field(&text, "Pss:"))
+}
+
+/// The `Key:   N kB` line of a /proc file, in KiB (0 when absent).
+fn kib_field(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
 

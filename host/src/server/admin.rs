@@ -147,14 +147,7 @@ pub async fn delete(
 
 /// 404 while the admin API is off, 401 without its token.
 fn refuse(app: &App, headers: &HeaderMap) -> Option<Response> {
-    match &app.config.admin_token {
-        None => Some(json_error(StatusCode::NOT_FOUND, "Not Found")),
-        Some(token) if !auth::authorized(token, headers) => Some(json_error(
-            StatusCode::UNAUTHORIZED,
-            "Invalid or missing admin token",
-        )),
-        Some(_) => None,
-    }
+    auth::gate(app.config.admin_token.as_deref(), headers, "admin token")
 }
 
 /// A refused upload: the plugin's fault is 422 (it is not one we can

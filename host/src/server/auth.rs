@@ -1,9 +1,26 @@
 //! Incoming API-key auth: `Authorization: Bearer <key>` (or the raw key as
 //! the whole header value, like the reference), compared in constant time.
 
-use axum::http::HeaderMap;
+use super::json_error;
 use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use subtle::ConstantTimeEq;
+
+/// The refusal of a route that exists only when a secret is configured
+/// (`/platform/health` with `--api-key`, the admin API with
+/// `--admin-token`): 404 while it is not, 401 when the request lacks it
+/// (`what` names it); `None` lets the request through.
+pub fn gate(expected: Option<&str>, headers: &HeaderMap, what: &str) -> Option<Response> {
+    match expected {
+        None => Some(json_error(StatusCode::NOT_FOUND, "Not Found")),
+        Some(secret) if !authorized(secret, headers) => Some(json_error(
+            StatusCode::UNAUTHORIZED,
+            &format!("Invalid or missing {what}"),
+        )),
+        Some(_) => None,
+    }
+}
 
 pub fn authorized(expected: &str, headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(AUTHORIZATION).map(|v| v.as_bytes()) else {

@@ -4,7 +4,7 @@
 //! pool, limits and overload never touch another's rollouts), admission,
 //! idempotency records and counters.
 
-use super::swap::{PluginSlot, Source, SwapError, check_tools, upload_origin};
+use super::swap::{PluginSlot, Source, SwapError, load_upload};
 use super::{ServerConfig, Stats};
 use crate::idempotency::IdempotencyStore;
 use crate::places::Places;
@@ -75,10 +75,7 @@ impl Deployment {
         let (loaded, source) = match plugin {
             PluginBytes::File(path) => (runtime.load(&path).await?, Source::File(path)),
             PluginBytes::Upload(bytes) => {
-                let origin = upload_origin(name, bytes.len());
-                let loaded = runtime.load_bytes(bytes, &origin).await?;
-                check_tools(&loaded, &origin).await?;
-                (loaded, Source::Upload)
+                (load_upload(&runtime, name, bytes).await?, Source::Upload)
             }
         };
         tracing::info!(

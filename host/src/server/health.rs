@@ -34,14 +34,7 @@ pub async fn platform_health(
 
 /// The refusal of `/platform/health`, if it is refused.
 fn platform(app: &App, headers: &HeaderMap) -> Option<Response> {
-    match &app.api_key {
-        None => Some(json_error(StatusCode::NOT_FOUND, "Not Found")),
-        Some(key) if !auth::authorized(key, headers) => Some(json_error(
-            StatusCode::UNAUTHORIZED,
-            "Invalid or missing API key",
-        )),
-        Some(_) => None,
-    }
+    auth::gate(app.api_key.as_deref(), headers, "API key")
 }
 
 fn default_body(app: &App) -> Response {

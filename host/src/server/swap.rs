@@ -205,9 +205,7 @@ impl PluginSlot {
     /// request, and if all that works makes them current.
     pub async fn upload(&self, bytes: Vec<u8>) -> Result<Arc<Version>, SwapError> {
         let _one_at_a_time = self.loading.lock().await;
-        let origin = upload_origin(&self.deployment, bytes.len());
-        let plugin = self.runtime.load_bytes(bytes, &origin).await?;
-        check_tools(&plugin, &origin).await?;
+        let plugin = load_upload(&self.runtime, &self.deployment, bytes).await?;
         Ok(self.swap(plugin, Source::Upload))
     }
 
@@ -246,15 +244,24 @@ impl PluginSlot {
     }
 }
 
-/// What an uploaded plugin is called in messages.
-pub fn upload_origin(deployment: &str, len: usize) -> PathBuf {
-    PathBuf::from(format!(
-        "the upload to deployment '{deployment}' ({len} bytes)"
-    ))
+/// Loads plugin bytes uploaded to `deployment` and asks them for their
+/// tools on a sample request: what an upload must pass before it serves.
+pub async fn load_upload(
+    runtime: &Arc<Runtime>,
+    deployment: &str,
+    bytes: Vec<u8>,
+) -> Result<Plugin, SwapError> {
+    let origin = PathBuf::from(format!(
+        "the upload to deployment '{deployment}' ({} bytes)",
+        bytes.len()
+    ));
+    let plugin = runtime.load_bytes(bytes, &origin).await?;
+    check_tools(&plugin, &origin).await?;
+    Ok(plugin)
 }
 
 /// A plugin's `get-tools` on the sample request `--validate` uses.
-pub async fn check_tools(plugin: &Plugin, origin: &Path) -> Result<(), SwapError> {
+async fn check_tools(plugin: &Plugin, origin: &Path) -> Result<(), SwapError> {
     crate::validate::sample_tools(plugin)
         .await
         .map(drop)
@@ -325,9 +332,10 @@ fn fingerprint(path: &std::path::Path) -> Option<Fingerprint> {
 /// file being copied in is not read half-written). Replacing the file by a
 /// rename is the safest way to deploy.
 pub async fn reload_on_change(app: Arc<App>, every: Duration) {
-    /// Per deployment: the file's fingerprint when loaded, and last seen.
+    /// Per deployment: its file's fingerprint when loaded, and last seen.
+    /// (A deployment's file never changes: a swap by upload leaves it
+    /// without one.)
     struct Watched {
-        path: PathBuf,
         loaded: Option<Fingerprint>,
         seen: Option<Fingerprint>,
     }
@@ -347,19 +355,9 @@ pub async fn reload_on_change(app: Arc<App>, every: Duration) {
             let w = watched
                 .entry(deployment.name.clone())
                 .or_insert_with(|| Watched {
-                    path: path.clone(),
                     loaded: now.clone(),
                     seen: now.clone(),
                 });
-            if w.path != path {
-                // Swapped to another file meanwhile: watch that one.
-                *w = Watched {
-                    path,
-                    loaded: now.clone(),
-                    seen: now,
-                };
-                continue;
-            }
             if now.is_some() && now != w.loaded && now == w.seen {
                 tracing::info!(deployment = %deployment.name, plugin = %path.display(), "plugin file changed: reloading");
                 deployment.plugin.reload_logged("file change").await;
