@@ -1,5 +1,6 @@
 //! Command-line flags (`rollout-host --help`).
 
+use crate::config_file::{self, ConfigError, DeploymentSettings, DeploymentSpec};
 use crate::runtime::{AllocatorChoice, CompileCache, Limits};
 use crate::server::ServerConfig;
 use crate::trainer::RetryPolicy;
@@ -56,10 +57,16 @@ pub struct ServeArgs {
         long,
         env = "ROLLOUT_PLUGIN",
         value_name = "[NAME=]PATH",
-        required = true,
+        required_unless_present = "config",
         value_parser = deployment_plugin
     )]
     pub plugin: Vec<(String, PathBuf)>,
+
+    /// Deployments listed in a TOML file, each with its plugin and, where it
+    /// differs from the flags, its own max_concurrent, max_queued, sandbox
+    /// limits and API key (see the README). Adds to --plugin's.
+    #[arg(long, env = "ROLLOUT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// Turn on the admin API (/admin/deployments: list, upload, delete
     /// deployments), which then requires `Authorization: Bearer TOKEN`.
@@ -109,7 +116,8 @@ pub struct ServeArgs {
     #[arg(long = "log", env = "ROLLOUT_DEBUG_DIR", value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
 
-    /// Require `Authorization: Bearer KEY` on init and /platform/health.
+    /// Require `Authorization: Bearer KEY` on init and /platform/health
+    /// (a deployment in --config may have its own).
     #[arg(
         long,
         env = "ROLLOUT_API_KEY",
@@ -441,29 +449,46 @@ impl SandboxArgs {
 }
 
 impl ServeArgs {
-    pub fn server_config(&self) -> ServerConfig {
-        ServerConfig {
-            plugins: self.plugin.clone(),
+    /// The server's configuration: the flags, and the deployments of
+    /// `--plugin` and `--config`.
+    pub fn server_config(&self) -> Result<ServerConfig, ConfigError> {
+        let defaults = DeploymentSettings {
+            max_concurrent: self.max_concurrent as usize,
+            max_queued: self.max_queued as usize,
+            limits: self.sandbox.limits(),
+            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
+        };
+        let mut plugins: Vec<DeploymentSpec> = self
+            .plugin
+            .iter()
+            .map(|(name, path)| DeploymentSpec {
+                name: name.clone(),
+                plugin: path.clone(),
+                settings: defaults.clone(),
+            })
+            .collect();
+        if let Some(file) = &self.config {
+            plugins.extend(config_file::load(file, &defaults)?);
+        }
+        Ok(ServerConfig {
+            plugins,
+            defaults,
             reload: self.reload,
             admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             max_upload_bytes: (self.max_upload_mib as usize) << 20,
             bind: SocketAddr::new(self.host, self.port),
-            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
             debug_dir: self.log_dir.clone(),
-            max_concurrent: self.max_concurrent as usize,
-            max_queued: self.max_queued as usize,
             record_ttl: self.record_ttl,
             max_records: usize::try_from(self.max_records).unwrap_or(usize::MAX),
             trainer_idle_timeout: self.trainer_idle_timeout,
             retry: self.chat.retry_policy(self.completion_retries),
-            limits: self.sandbox.limits(),
             max_body_bytes: MAX_BODY_BYTES,
             metadata_limit: METADATA_LIMIT,
             shutdown_grace: self.shutdown_grace,
             allocator: self.sandbox.instance_allocator,
             warm_slots: self.warm_slots,
             compile_cache: self.cache.dir(),
-        }
+        })
     }
 }
 

@@ -14,10 +14,12 @@
 //! - [`validate`]: `--validate`, checking a plugin without serving;
 //! - [`test_mode`]: `rollout-host test`, a plugin over a dataset against an LLM;
 //! - [`cli`]: command-line flags;
+//! - [`config_file`]: `--config`, deployments and their settings in TOML;
 //! - [`allocator`]: giving freed heap memory back to the OS.
 
 pub mod allocator;
 pub mod cli;
+pub mod config_file;
 pub mod debug_log;
 pub mod fault;
 pub mod idempotency;

@@ -28,16 +28,23 @@ fn serve(args: &ServeArgs) -> ExitCode {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let config = args.server_config();
+    let config = match args.server_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("rollout-host: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if args.validate {
         let cache = config
             .compile_cache
             .as_deref()
             .and_then(rollout_host::runtime::CompileCache::open_or_warn);
-        for (_, plugin) in &config.plugins {
+        for spec in &config.plugins {
+            let plugin = &spec.plugin;
             match rollout_host::validate::validate(
                 plugin,
-                config.limits.clone(),
+                spec.settings.limits.clone(),
                 config.allocator,
                 cache.clone(),
             ) {

@@ -434,3 +434,165 @@ async fn one_deployments_overload_does_not_touch_the_other() {
     let (status, _) = server.get("/deployments/nope/health", None).await;
     assert_eq!(status, 404);
 }
+
+/// `--config`: a deployment with its own admission, limits and API key
+/// beside the command line's; the settings outlive a delete and re-upload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_file_gives_each_deployment_its_own_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    deploy(&plugin("misbehave"), &dir.path().join("misbehave.wasm"));
+    let config = dir.path().join("rollout-host.toml");
+    std::fs::write(
+        &config,
+        r#"
+        [[deployment]]
+        name = "b"
+        plugin = "misbehave.wasm"   # beside this file
+        max_concurrent = 1
+        max_queued = 0
+        cpu_budget = 0.3
+        api_key_env = "B_API_KEY"
+        "#,
+    )
+    .unwrap();
+    let trainer = Trainer::slow(Duration::from_millis(300)).await;
+    let mut command = std::process::Command::new(host_binary());
+    command.env("B_API_KEY", "b-key");
+    let server = Server::start_command(
+        &plugin("calc"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--admin-token",
+            TOKEN,
+            "--cpu-budget",
+            "30",
+        ],
+        command,
+    );
+    let init_b = |body: Value, key: Option<&'static str>| {
+        let url = format!("{}/deployments/b/v1/rollout/init", server.url);
+        async move {
+            let mut request = client().post(url).json(&body);
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    // b's key, not the server's (there is none): 401 without it.
+    let (status, body) = init_b(misbehave_body("b-spin", &trainer, "spin"), None).await;
+    assert_eq!(status, 401, "{body}");
+    let started = Instant::now();
+    let (status, body) = init_b(misbehave_body("b-spin", &trainer, "spin"), Some("b-key")).await;
+    assert_eq!(status, 202, "{body}");
+    // b holds one rollout: the second is 429, while the default deployment
+    // (the flags: 100 at once, no key) takes three.
+    let (status, body) = init_b(init_body("b-full", &trainer), Some("b-key")).await;
+    assert_eq!(status, 429, "{body}");
+    for id in ["d-1", "d-2", "d-3"] {
+        let (status, body) = server.init(&init_body(id, &trainer)).await;
+        assert_eq!(status, 202, "{id}: {body}");
+    }
+    // b's 0.3 s CPU budget, not the flags' 30 s, stops the spinning plugin.
+    let spun = trainer.single_completion("b-spin").await;
+    assert!(
+        spun["error_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exceeded its CPU budget"),
+        "{spun}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "{spun}");
+    for id in ["d-1", "d-2", "d-3"] {
+        assert_eq!(trainer.single_completion(id).await["status"], "COMPLETED");
+    }
+    // /platform/health: b's behind its key; the default has none (404).
+    assert_eq!(
+        server
+            .get("/deployments/b/platform/health", Some("Bearer b-key"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        server.get("/deployments/b/platform/health", None).await.0,
+        401
+    );
+    assert_eq!(
+        server.get("/platform/health", Some("Bearer b-key")).await.0,
+        404
+    );
+
+    // Deleted and uploaded again, b keeps the file's settings.
+    let (status, body) = admin(
+        &server,
+        reqwest::Method::DELETE,
+        "/b",
+        Vec::new(),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = upload(&server, "b", &plugin("misbehave")).await;
+    assert_eq!(status, 201, "{body}");
+    let (_, health) = server
+        .get("/deployments/b/platform/health", Some("Bearer b-key"))
+        .await;
+    assert_eq!(health["capacity"]["running"], 1, "{health}");
+    assert_eq!(health["capacity"]["rollouts"], 1, "{health}");
+}
+
+/// A config file that cannot be used stops the server at start with one
+/// line naming the file and the problem.
+#[test]
+fn a_bad_config_file_is_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let calc = plugin("calc");
+    for (text, expected) in [
+        (
+            "[[deployment]]\nname = \"b\"\nplugin = \"x.wasm\"\ncpu_budgt = 1\n",
+            "unknown field `cpu_budgt`",
+        ),
+        (
+            "[[deployment]]\nname = \"b\"\nplugin = \"x.wasm\"\nmax_memory_mib = 0\n",
+            "deployment 'b': max_memory_mib is 0",
+        ),
+        (
+            "[[deployment]]\nname = \"default\"\nplugin = \"x.wasm\"\n",
+            "deployment 'default' is named twice",
+        ),
+        (
+            "[[deployment]]\nname = \"b\"\nplugin = \"missing.wasm\"\n",
+            "deployment 'b': ",
+        ),
+    ] {
+        let config = dir.path().join("bad.toml");
+        std::fs::write(&config, text).unwrap();
+        let out = std::process::Command::new(host_binary())
+            .arg("--plugin")
+            .arg(&calc)
+            .arg("--config")
+            .arg(&config)
+            .args(["--port", "0", "--host", "127.0.0.1"])
+            .env("ROLLOUT_CACHE_DIR", compile_cache())
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text}: {stderr}");
+        assert!(stderr.contains(expected), "{text}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+    let out = std::process::Command::new(host_binary())
+        .args(["--config", "/nonexistent/rollout-host.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot read the config file /nonexistent/rollout-host.toml"),
+    );
+}

@@ -179,6 +179,8 @@ impl Drop for Serial {
 pub struct Server {
     child: Child,
     pub url: String,
+    /// When the process was started.
+    pub spawned: Instant,
     log: Arc<Mutex<String>>,
     _serial: Serial,
 }
@@ -217,6 +219,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start rollout-host");
+        let spawned = Instant::now();
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -240,6 +243,7 @@ impl Server {
             Ok(url) => Server {
                 child,
                 url,
+                spawned,
                 log,
                 _serial: serial,
             },

@@ -479,12 +479,23 @@ async fn a_restart_loads_a_known_build_from_the_compile_cache() {
     let cache = dir.path().join("cache");
     let cache_arg = cache.to_str().unwrap();
     let trainer = Trainer::calculator("add", 5.0, 3.0, "8").await;
+    // Start-up to the first /health 200: compiling, then three restarts
+    // from the cache.
     let mut starts = Vec::new();
-    for expected in ["plugin compiled", "plugin loaded from the compile cache"] {
-        let started = std::time::Instant::now();
+    for (i, expected) in [
+        "plugin compiled",
+        "plugin loaded from the compile cache",
+        "plugin loaded from the compile cache",
+        "plugin loaded from the compile cache",
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let mut server = Server::start("calc", &["--cache-dir", cache_arg]);
-        starts.push(started.elapsed());
-        let (status, _) = server.init(&init_body("r-1", &trainer)).await;
+        let (status, _) = server.get("/health", None).await;
+        assert_eq!(status, 200);
+        starts.push(server.spawned.elapsed());
+        let (status, _) = server.init(&init_body(&format!("r-{i}"), &trainer)).await;
         assert_eq!(status, 202);
         server.terminate();
         let log = server.log();
@@ -495,9 +506,17 @@ async fn a_restart_loads_a_known_build_from_the_compile_cache() {
             .to_owned();
         assert!(line.contains(expected), "{line}");
     }
+    let mut warm = starts[1..].to_vec();
+    warm.sort();
     println!(
-        "start-up: compiling {:?}, from the cache {:?}",
-        starts[0], starts[1]
+        "start-up to the first /health: compiling {:?}, from the cache {warm:?}",
+        starts[0]
+    );
+    // The median of three, so one restart that a busy neighbour held up
+    // does not decide it.
+    assert!(
+        warm[1] < std::time::Duration::from_millis(100),
+        "from the cache, the first /health took {warm:?}"
     );
     // One private entry per build, beside its sha256.
     use std::os::unix::fs::PermissionsExt;

@@ -6,6 +6,7 @@
 
 use super::swap::{PluginSlot, Source, SwapError, load_upload};
 use super::{ServerConfig, Stats};
+use crate::config_file::DeploymentSettings;
 use crate::idempotency::IdempotencyStore;
 use crate::places::Places;
 use crate::runtime::capacity::{MachineCapacity, MachineFacts};
@@ -19,6 +20,8 @@ pub struct Deployment {
     /// The plugin new rollouts start with (swapped in place).
     pub plugin: PluginSlot,
     pub limits: Limits,
+    /// The bearer key of this deployment's init and /platform/health.
+    pub api_key: Option<String>,
     pub idempotency: IdempotencyStore,
     /// Slots for running agents (`--max-concurrent`).
     pub slots: Semaphore,
@@ -48,24 +51,25 @@ pub enum PluginBytes {
 }
 
 impl Deployment {
-    /// Makes a deployment serving `plugin`, with the server's settings; an
-    /// upload must also answer `get-tools` on a sample request.
+    /// Makes a deployment serving `plugin`, with its settings in `config`;
+    /// an upload must also answer `get-tools` on a sample request.
     pub async fn create(
         name: &str,
         plugin: PluginBytes,
         config: &ServerConfig,
         compile_cache: Option<CompileCache>,
     ) -> Result<Self, SwapError> {
+        let settings = config.settings_for(name);
         let mut runtime_config = RuntimeConfig {
-            limits: config.limits.clone(),
+            limits: settings.limits.clone(),
             instance_slots: 0,
             allocator: config.allocator,
             warm_slots: config.warm_slots,
             compile_cache,
         };
         let machine = MachineFacts::read().capacity(runtime_config.reservation());
-        let capacity = admissible(name, config, machine);
-        let max_concurrent = config.max_concurrent.min(capacity);
+        let capacity = admissible(name, settings, config.warm_slots, machine);
+        let max_concurrent = settings.max_concurrent.min(capacity);
         // Accepted rollouts hold an instance; inits in progress hold one
         // too (admission comes first, so at most `capacity`), plus hot
         // swap's check.
@@ -89,7 +93,8 @@ impl Deployment {
         Ok(Self {
             plugin: PluginSlot::new(runtime, name.clone(), loaded, source),
             name,
-            limits: config.limits.clone(),
+            limits: settings.limits.clone(),
+            api_key: settings.api_key.clone(),
             idempotency: IdempotencyStore::new(config.max_records),
             slots: Semaphore::new(max_concurrent.max(1)),
             max_concurrent,
@@ -111,25 +116,30 @@ impl Deployment {
     }
 }
 
-/// Rollouts in flight (running + queued) a deployment accepts: what the
-/// flags ask for, lowered to what the machine holds, with one line saying
-/// so.
-fn admissible(name: &str, config: &ServerConfig, machine: MachineCapacity) -> usize {
-    let asked = config.max_concurrent.saturating_add(config.max_queued);
+/// Rollouts in flight (running + queued) a deployment accepts: what its
+/// settings ask for, lowered to what the machine holds, with one line
+/// saying so.
+fn admissible(
+    name: &str,
+    settings: &DeploymentSettings,
+    warm_slots: u32,
+    machine: MachineCapacity,
+) -> usize {
+    let asked = settings.max_concurrent.saturating_add(settings.max_queued);
     // The warm pool's slots take mappings and address space too.
     let holds = machine
         .instances
-        .saturating_sub(INSTANCE_HEADROOM + config.warm_slots as usize)
+        .saturating_sub(INSTANCE_HEADROOM + warm_slots as usize)
         .max(1);
     if asked <= holds {
         return asked;
     }
     tracing::warn!(
         deployment = name,
-        "--max-concurrent {} + --max-queued {} is more than this machine holds: at most {holds} \
+        "max_concurrent {} + max_queued {} is more than this machine holds: at most {holds} \
          rollouts in flight ({} is {}); serving {holds}, more inits get 429; {}",
-        config.max_concurrent,
-        config.max_queued,
+        settings.max_concurrent,
+        settings.max_queued,
         machine.bound.name(),
         machine.limit,
         machine.bound.hint()

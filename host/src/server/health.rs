@@ -17,7 +17,10 @@ pub async fn health_default(State(app): State<Arc<App>>) -> Response {
 }
 
 pub async fn platform_health_default(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    platform(&app, &headers).unwrap_or_else(|| default_body(&app))
+    match app.default_deployment() {
+        Some(deployment) => platform(&deployment, &headers),
+        None => default_body(&app),
+    }
 }
 
 pub async fn health(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
@@ -29,12 +32,17 @@ pub async fn platform_health(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    platform(&app, &headers).unwrap_or_else(|| named_body(&app, &name))
+    match app.deployment(&name) {
+        Some(deployment) => platform(&deployment, &headers),
+        None => no_such_deployment(&name),
+    }
 }
 
-/// The refusal of `/platform/health`, if it is refused.
-fn platform(app: &App, headers: &HeaderMap) -> Option<Response> {
-    auth::gate(app.api_key.as_deref(), headers, "API key")
+/// `/platform/health`: the deployment's health behind its API key (404
+/// without one).
+fn platform(deployment: &Deployment, headers: &HeaderMap) -> Response {
+    auth::gate(deployment.api_key.as_deref(), headers, "API key")
+        .unwrap_or_else(|| body(deployment))
 }
 
 fn default_body(app: &App) -> Response {

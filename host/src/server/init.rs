@@ -54,7 +54,7 @@ async fn init_on(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(key) = &app.api_key
+    if let Some(key) = &deployment.api_key
         && !auth::authorized(key, &headers)
     {
         return json_error(StatusCode::UNAUTHORIZED, "Invalid or missing API key");

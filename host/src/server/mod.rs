@@ -11,9 +11,10 @@ pub use deployment::{Deployment, valid_name};
 pub use swap::{BUILD_KEY, Running};
 
 use crate::allocator;
+use crate::config_file::{DeploymentSettings, DeploymentSpec};
 use crate::debug_log::DebugLog;
 use crate::fault;
-use crate::runtime::{AllocatorChoice, CompileCache, Limits};
+use crate::runtime::{AllocatorChoice, CompileCache};
 use crate::trainer::{ChatDialect, RetryPolicy, TrainerClient, TrainerDialect};
 use axum::Router;
 use axum::extract::Request;
@@ -35,8 +36,11 @@ use tokio_util::task::TaskTracker;
 /// Everything the server is configured with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The deployments served from files: (name, plugin path), in order.
-    pub plugins: Vec<(String, PathBuf)>,
+    /// The deployments served from files, in order.
+    pub plugins: Vec<DeploymentSpec>,
+    /// What a deployment made through the admin API is served with, unless
+    /// `plugins` names it (the command-line flags).
+    pub defaults: DeploymentSettings,
     /// Reload a plugin when its file changes (`SIGHUP` always reloads).
     pub reload: bool,
     /// Bearer token of the admin API; `None`: the API is off.
@@ -44,19 +48,12 @@ pub struct ServerConfig {
     /// Largest plugin upload the admin API reads.
     pub max_upload_bytes: usize,
     pub bind: SocketAddr,
-    pub api_key: Option<String>,
     pub debug_dir: Option<PathBuf>,
-    /// Rollouts whose agent runs at once.
-    pub max_concurrent: usize,
-    /// Accepted rollouts that may wait for a slot; beyond, init answers 429.
-    pub max_queued: usize,
     /// How long a finished rollout's init answer is kept for duplicates.
     pub record_ttl: Duration,
     /// Most finished rollouts' records kept (oldest dropped first).
     pub max_records: usize,
     pub retry: RetryPolicy,
-    /// Per-rollout limits of the plugin.
-    pub limits: Limits,
     pub allocator: AllocatorChoice,
     /// Instances whose pages stay resident between rollouts.
     pub warm_slots: u32,
@@ -72,6 +69,18 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
 }
 
+impl ServerConfig {
+    /// The settings of deployment `name`: its own when the command line or
+    /// the config file lists it (also when it is re-made by an upload after
+    /// a delete), else the flags'.
+    pub fn settings_for(&self, name: &str) -> &DeploymentSettings {
+        self.plugins
+            .iter()
+            .find(|spec| spec.name == name)
+            .map_or(&self.defaults, |spec| &spec.settings)
+    }
+}
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -80,7 +89,7 @@ pub enum ServerError {
         name: String,
         source: swap::SwapError,
     },
-    #[error("two --plugin flags name deployment '{0}'")]
+    #[error("deployment '{0}' is named twice (--plugin flags and --config)")]
     DuplicateDeployment(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -118,7 +127,6 @@ pub struct App {
     pub trainer: TrainerClient,
     /// How chat requests to the trainer are written (shared by every rollout).
     pub dialect: Arc<dyn ChatDialect>,
-    pub api_key: Option<String>,
     pub debug_log: Option<DebugLog>,
     pub max_body_bytes: usize,
     pub metadata_limit: usize,
@@ -239,19 +247,19 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         .as_deref()
         .and_then(CompileCache::open_or_warn);
     let mut deployments: Vec<Arc<Deployment>> = Vec::with_capacity(config.plugins.len());
-    for (name, path) in &config.plugins {
-        if deployments.iter().any(|d| &*d.name == name) {
-            return Err(ServerError::DuplicateDeployment(name.clone()));
+    for spec in &config.plugins {
+        if deployments.iter().any(|d| *d.name == spec.name) {
+            return Err(ServerError::DuplicateDeployment(spec.name.clone()));
         }
         let made = Deployment::create(
-            name,
-            deployment::PluginBytes::File(path.clone()),
+            &spec.name,
+            deployment::PluginBytes::File(spec.plugin.clone()),
             &config,
             compile_cache.clone(),
         )
         .await
         .map_err(|source| ServerError::Load {
-            name: name.clone(),
+            name: spec.name.clone(),
             source,
         })?;
         deployments.push(Arc::new(made));
@@ -278,7 +286,6 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         compile_cache,
         trainer,
         dialect: Arc::new(TrainerDialect),
-        api_key: config.api_key.clone(),
         debug_log,
         max_body_bytes: config.max_body_bytes,
         metadata_limit: config.metadata_limit,
