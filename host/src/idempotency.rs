@@ -9,8 +9,10 @@
 //! again for a duplicate. Finished rollouts' records sit in a queue in the
 //! order they finished and leave it from the front: after the record TTL,
 //! or when more than `max_records` are kept (oldest first). A duplicate
-//! whose record has gone is a new rollout.
+//! whose record has gone is a new rollout. A finished rollout's record
+//! also keeps its status (and reward) for `GET /v1/rollout/{id}`.
 
+use crate::live::Progress;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -67,6 +69,9 @@ enum Entry {
 #[derive(Default)]
 struct Records {
     entries: HashMap<Arc<str>, Entry>,
+    /// How finished rollouts ended, by rollout id (the key's own `Arc`
+    /// when they are the same): there as long as their record is.
+    ended: HashMap<Arc<str>, Progress>,
     /// Keys of finished rollouts, in the order they finished, with when
     /// (tenths of a second since the store was made).
     finished: VecDeque<(u32, Arc<str>)>,
@@ -80,8 +85,20 @@ impl Records {
         let Some((_, key)) = self.finished.pop_front() else {
             return false;
         };
-        self.entries.remove(&key);
+        if let Some(Entry::Accepted { rollout_id, .. }) = self.entries.remove(&key) {
+            self.ended.remove(rollout_id.as_deref().unwrap_or(&key));
+        }
         true
+    }
+
+    /// The rollout id of `key`'s accepted rollout.
+    fn rollout_id(&self, key: &Arc<str>) -> Option<Arc<str>> {
+        match self.entries.get(key)? {
+            Entry::Accepted { rollout_id, .. } => {
+                Some(rollout_id.as_deref().unwrap_or(key).clone())
+            }
+            Entry::Pending(_) => None,
+        }
     }
 }
 
@@ -150,11 +167,17 @@ impl IdempotencyStore {
         }
     }
 
-    /// The rollout of `key` has ended (called once, by its [`Finished`]):
-    /// its record is kept for the TTL, or until `max_records` newer ones are.
-    fn finish(&self, key: Arc<str>) {
+    /// The rollout of `key` has ended (called once, by its [`Finished`]),
+    /// as `ended` says when known: its record is kept for the TTL, or until
+    /// `max_records` newer ones are.
+    fn finish(&self, key: Arc<str>, ended: Option<Progress>) {
         let now = self.now();
         let mut records = self.lock();
+        if let Some(ended) = ended
+            && let Some(id) = records.rollout_id(&key)
+        {
+            records.ended.insert(id, ended);
+        }
         records.finished.push_back((now, key));
         if records.finished.len() == self.max_records && !records.at_cap {
             // From here on every record in comes with one out. A hash table
@@ -164,6 +187,7 @@ impl IdempotencyStore {
             records.at_cap = true;
             let len = records.entries.len();
             records.entries.reserve(len);
+            records.ended.reserve(len);
         }
         while records.finished.len() > self.max_records && records.drop_oldest() {}
     }
@@ -184,9 +208,15 @@ impl IdempotencyStore {
         if dropped > 0 && records.entries.capacity() > 4 * records.entries.len().max(1024) {
             // Give back the table of a burst long gone.
             records.entries.shrink_to_fit();
+            records.ended.shrink_to_fit();
             records.finished.shrink_to_fit();
         }
         dropped
+    }
+
+    /// How the finished rollout `rollout_id` ended, while its record is kept.
+    pub fn ended(&self, rollout_id: &str) -> Option<Progress> {
+        self.lock().ended.get(rollout_id).copied()
     }
 
     /// Records held (running and finished rollouts, inits in progress).
@@ -224,6 +254,7 @@ impl Ticket {
         let finished = Finished {
             store: self.store.clone(),
             key: self.key.clone(),
+            ended: None,
         };
         (body, finished)
     }
@@ -253,19 +284,23 @@ impl Drop for Ticket {
 }
 
 /// An accepted rollout's duty to say it has ended, once: by
-/// [`Finished::done`], or when dropped (a task that never got there).
+/// [`Finished::done`] with how, or when dropped (a task that never got
+/// there: its status is then unknown).
 pub struct Finished {
     store: IdempotencyStore,
     key: Arc<str>,
+    ended: Option<Progress>,
 }
 
 impl Finished {
-    pub fn done(self) {}
+    pub fn done(mut self, ended: Progress) {
+        self.ended = Some(ended);
+    }
 }
 
 impl Drop for Finished {
     fn drop(&mut self) {
-        self.store.finish(self.key.clone());
+        self.store.finish(self.key.clone(), self.ended.take());
     }
 }
 
@@ -295,6 +330,13 @@ mod tests {
         }
     }
 
+    fn completed(reward: f64) -> Progress {
+        Progress {
+            status: crate::live::Status::Completed,
+            reward: Some(reward),
+        }
+    }
+
     fn accept(store: &IdempotencyStore, key: &str) -> Finished {
         let Claim::New(ticket) = store.claim(key) else {
             panic!("{key}: first claim must be new")
@@ -320,8 +362,12 @@ mod tests {
         assert_eq!(&first[..], br#"{"rollout_id":"r-1","tools":[]}"#);
         assert_eq!(wait(rx).await, InitOutcome::Accepted(first.clone()));
         assert!(matches!(store.claim("k"), Claim::Done(b) if b == first));
-        finished.done();
+        assert_eq!(store.ended("r-1"), None, "running");
+        finished.done(completed(0.5));
         assert!(matches!(store.claim("k"), Claim::Done(b) if b == first));
+        assert_eq!(store.ended("r-1"), Some(completed(0.5)), "by rollout id");
+        assert_eq!(store.expire(Duration::ZERO), 1);
+        assert_eq!(store.ended("r-1"), None, "gone with its record");
     }
 
     #[tokio::test]
@@ -340,11 +386,14 @@ mod tests {
         let a = accept(&store, "a");
         let b = accept(&store, "b");
         assert_eq!(store.expire(Duration::ZERO), 0, "running rollouts are kept");
-        b.done();
+        b.done(completed(1.0));
         drop(a); // a rollout task that ended without saying so
+        assert_eq!(store.ended("a"), None);
+        assert_eq!(store.ended("b"), Some(completed(1.0)));
         assert_eq!(store.expire(Duration::from_secs(3600)), 0);
         assert_eq!(store.expire(Duration::ZERO), 2);
         assert!(store.is_empty());
+        assert_eq!(store.ended("b"), None);
         assert!(matches!(store.claim("a"), Claim::New(_)));
     }
 
@@ -353,7 +402,8 @@ mod tests {
         let store = IdempotencyStore::new(2);
         let finished: Vec<Finished> = ["a", "b", "c"].iter().map(|k| accept(&store, k)).collect();
         let _running = accept(&store, "running");
-        finished.into_iter().for_each(Finished::done);
+        finished.into_iter().for_each(|f| f.done(completed(1.0)));
+        assert_eq!(store.ended("a"), None, "dropped with its record");
         assert_eq!(store.len(), 3, "a was dropped; running rollouts never are");
         assert!(matches!(store.claim("a"), Claim::New(_)));
         assert!(matches!(store.claim("b"), Claim::Done(_)));

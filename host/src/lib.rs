@@ -5,6 +5,8 @@
 //! - [`protocol`]: the v1 wire format (init validation, response bodies);
 //! - [`server`]: the HTTP endpoints, auth and admission;
 //! - [`idempotency`]: duplicate inits share one answer and one run;
+//! - [`live`]: rollouts in flight by id: their status and cancel switch;
+//! - [`metrics`]: the Prometheus metrics of `/metrics`;
 //! - [`places`]: bounded counts whose places are guards (admission, warm pool);
 //! - [`rollout`]: one accepted rollout, from `run` to its one callback;
 //! - [`trainer`]: calls to the trainer (chat, completion callback, retries);
@@ -23,6 +25,8 @@ pub mod config_file;
 pub mod debug_log;
 pub mod fault;
 pub mod idempotency;
+pub mod live;
+pub mod metrics;
 pub mod places;
 pub mod protocol;
 pub mod rollout;

@@ -7,9 +7,10 @@
 
 use crate::fault;
 use crate::idempotency::Finished;
+use crate::live::{Control, Progress, Status, Tracked};
 use crate::places::Place;
 use crate::protocol::{RolloutRequest, RolloutResponse, RolloutStatus, split_messages};
-use crate::runtime::{Completion, GuestError, Instance, RolloutHost, WitRolloutRequest};
+use crate::runtime::{Completion, Failure, GuestError, Instance, RolloutHost, WitRolloutRequest};
 use crate::server::{App, BUILD_KEY, Deployment, Running};
 use crate::trainer::Endpoints;
 use futures_util::FutureExt;
@@ -32,11 +33,33 @@ pub enum Outcome {
     NoComplete,
     /// The server shut down and its grace period ran out.
     Shutdown,
+    /// `POST /v1/rollout/cancel` stopped it.
+    Cancelled,
     /// The host panicked while running the rollout.
     Internal(String),
 }
 
 impl Outcome {
+    /// Why a rollout that did not complete failed: the `cause` label of
+    /// the `rollouts_errored` metric (a limit is named as in the debug
+    /// log: `cpu`, `memory`, `wall_clock`, ...).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            // The agent completed with ERROR itself.
+            Outcome::Completed(_) => "plugin_error",
+            Outcome::Failed(e) => match &e.failure {
+                Failure::Limit(limit) | Failure::LimitThenError { limit, .. } => limit.name(),
+                Failure::Trap { .. } => "trap",
+                Failure::PluginError(_) | Failure::BadTool(_) => "plugin_error",
+                Failure::NoRoom(_) => "no_room",
+            },
+            Outcome::NoComplete => "no_complete",
+            Outcome::Shutdown => "shutdown",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Internal(_) => "internal",
+        }
+    }
+
     /// The ERROR callback's `error_message`, naming the plugin build.
     fn error_message(&self, plugin: &str) -> Option<String> {
         match self {
@@ -47,6 +70,9 @@ impl Outcome {
             }
             Outcome::Shutdown => Some(format!(
                 "plugin {plugin} was stopped: rollout-host shut down before the rollout finished"
+            )),
+            Outcome::Cancelled => Some(format!(
+                "plugin {plugin} was stopped: the rollout was cancelled (POST /v1/rollout/cancel)"
             )),
             Outcome::Internal(panic) => Some(format!(
                 "plugin {plugin}: rollout-host failed internally while running the rollout ({panic})"
@@ -68,6 +94,10 @@ pub struct Starting {
     /// The rollout's place in its deployment, given back when this task
     /// ends (a panic included).
     pub admission: Place,
+    /// Its entry among the deployment's live rollouts (status, cancel).
+    pub tracked: Tracked,
+    /// When its init was accepted.
+    pub accepted: Instant,
 }
 
 /// Runs the agent and sends the callback; then `finished` starts the
@@ -81,7 +111,10 @@ pub async fn run(app: Arc<App>, starting: Starting, finished: Finished) {
         version,
         deployment,
         admission,
+        tracked,
+        accepted,
     } = starting;
+    let control = tracked.control.clone();
     let span = tracing::info_span!(
         "rollout",
         rollout_id = %request.rollout_id,
@@ -93,6 +126,7 @@ pub async fn run(app: Arc<App>, starting: Starting, finished: Finished) {
         let ran = AssertUnwindSafe(execute(
             &app,
             &deployment,
+            &control,
             &request,
             &wit_request,
             instance,
@@ -108,6 +142,12 @@ pub async fn run(app: Arc<App>, starting: Starting, finished: Finished) {
                 (Outcome::Internal(text), None)
             }
         };
+        let status = match &outcome {
+            Outcome::Completed(c) if c.status == RolloutStatus::Completed => Status::Completed,
+            Outcome::Cancelled => Status::Cancelled,
+            _ => Status::Error,
+        };
+        let cause = outcome.cause();
         let mut response = build_response(
             &request.rollout_id,
             &wit_request.messages,
@@ -119,6 +159,17 @@ pub async fn run(app: Arc<App>, starting: Starting, finished: Finished) {
         response
             .extra_fields
             .insert(BUILD_KEY.to_owned(), version.build.clone());
+        let ended = Progress {
+            status,
+            reward: response.reward,
+        };
+        control.ended(ended);
+        deployment.metrics.ended(
+            status,
+            cause,
+            Duration::from_secs_f64(response.metrics.guest_cpu_ms.max(0.0) / 1000.0),
+            response.metrics.guest_peak_memory_bytes,
+        );
         match response.status {
             RolloutStatus::Completed => tracing::debug!(
                 finish_reason = %response.finish_reason,
@@ -137,7 +188,9 @@ pub async fn run(app: Arc<App>, starting: Starting, finished: Finished) {
             Ok(status) => tracing::debug!(%status, "completion delivered"),
             Err(e) => tracing::error!(error = %e, "completion callback not delivered"),
         }
-        finished.done();
+        deployment.metrics.called_back(accepted.elapsed());
+        finished.done(ended);
+        drop(tracked);
         deployment.stats.completed.fetch_add(1, Ordering::Relaxed);
         drop(admission);
         drop(version);
@@ -151,6 +204,7 @@ pub async fn run(app: Arc<App>, starting: Starting, finished: Finished) {
 async fn execute(
     app: &App,
     deployment: &Deployment,
+    control: &Control,
     request: &RolloutRequest,
     wit_request: &WitRolloutRequest,
     mut instance: Instance,
@@ -159,17 +213,19 @@ async fn execute(
     let deadline = deployment.limits.wall_clock;
     let ran = tokio::select! {
         biased;
-        _ = app.shutdown.cancelled() => None,
+        _ = app.shutdown.cancelled() => Err(Outcome::Shutdown),
+        _ = control.cancelled() => Err(Outcome::Cancelled),
         ran = async {
             let _slot = deployment.slots.acquire().await;
             *started = Instant::now();
+            control.running();
             fault::inject("rollout", &request.rollout_id);
             tokio::time::timeout(deadline, instance.run(wit_request)).await
-        } => Some(ran),
+        } => Ok(ran),
     };
     match ran {
-        Some(ran) => settle(instance, ran, deadline),
-        None => settle_with(instance, Some(Outcome::Shutdown)),
+        Ok(ran) => settle(instance, ran, deadline),
+        Err(stopped) => settle_with(instance, Some(stopped)),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Calls to the trainer: `/v1/chat/completions` and `/v1/rollout/completed`,
 //! with the protocol's bearer token, timeouts and retry policy (§3).
 
+use crate::metrics::{TrainerCall, TrainerMetrics};
 use crate::protocol::{RolloutResponse, json_text};
 use bytes::Bytes;
 use reqwest::StatusCode;
@@ -110,6 +111,8 @@ const ERROR_BODY_CHARS: usize = 512;
 pub struct TrainerClient {
     http: reqwest::Client,
     policy: RetryPolicy,
+    /// Where attempts, chat latencies and callback outcomes are counted.
+    metrics: Option<TrainerMetrics>,
     /// The last server URL's endpoints: a training run has one trainer, so
     /// its URLs are parsed once, not twice per rollout.
     last_endpoints: Arc<Mutex<Option<Arc<Endpoints>>>>,
@@ -140,8 +143,15 @@ impl TrainerClient {
         Ok(Self {
             http,
             policy,
+            metrics: None,
             last_endpoints: Arc::default(),
         })
+    }
+
+    /// Counts every call in `metrics`.
+    pub fn with_metrics(mut self, metrics: TrainerMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The endpoints under `server_url` (a validated init's, which always
@@ -173,16 +183,21 @@ impl TrainerClient {
         api_key: Option<&str>,
         body: Bytes,
     ) -> Result<ChatCompletion, TrainerError> {
-        let (_, bytes) = self
+        let started = std::time::Instant::now();
+        let posted = self
             .post_with_retries(
+                TrainerCall::Chat,
                 url,
                 api_key,
                 body,
                 self.policy.chat_timeout,
                 self.policy.chat_retries,
             )
-            .await?;
-        parse_chat_completion(&bytes)
+            .await;
+        if let Some(metrics) = &self.metrics {
+            metrics.chat(started.elapsed());
+        }
+        parse_chat_completion(&posted?.1)
     }
 
     /// `POST {server_url}/v1/rollout/completed`; any 2xx is delivered.
@@ -194,20 +209,25 @@ impl TrainerClient {
     ) -> Result<StatusCode, TrainerError> {
         let body =
             serde_json::to_vec(response).map_err(|e| TrainerError::BadResponse(e.to_string()))?;
-        let (status, _) = self
+        let posted = self
             .post_with_retries(
+                TrainerCall::Callback,
                 url,
                 api_key,
                 body.into(),
                 self.policy.callback_timeout,
                 self.policy.completion_retries,
             )
-            .await?;
-        Ok(status)
+            .await;
+        if let Some(metrics) = &self.metrics {
+            metrics.callback(&posted);
+        }
+        Ok(posted?.0)
     }
 
     async fn post_with_retries(
         &self,
+        call: TrainerCall,
         url: &reqwest::Url,
         api_key: Option<&str>,
         body: Bytes,
@@ -216,7 +236,11 @@ impl TrainerClient {
     ) -> Result<(StatusCode, Bytes), TrainerError> {
         let mut attempt = 0;
         loop {
-            let err = match self.post_once(url, api_key, body.clone(), timeout).await {
+            let posted = self.post_once(url, api_key, body.clone(), timeout).await;
+            if let Some(metrics) = &self.metrics {
+                metrics.attempt(call, &posted);
+            }
+            let err = match posted {
                 Ok(ok) => return Ok(ok),
                 Err(e @ (TrainerError::Rejected { .. } | TrainerError::BadResponse(_))) => {
                     return Err(e);

@@ -5,6 +5,7 @@ mod datasets;
 mod deployments;
 mod hardening;
 mod harness;
+mod operations;
 mod plugins;
 mod protocol;
 mod rollouts;

@@ -100,6 +100,7 @@ pub async fn put(
                 PluginBytes::Upload(bytes),
                 &app.config,
                 app.compile_cache.clone(),
+                &app.metrics,
             )
             .await;
             made.map(|d| {

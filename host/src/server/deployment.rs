@@ -8,6 +8,8 @@ use super::swap::{PluginSlot, Source, SwapError, load_upload};
 use super::{ServerConfig, Stats};
 use crate::config_file::DeploymentSettings;
 use crate::idempotency::IdempotencyStore;
+use crate::live::LiveRollouts;
+use crate::metrics::{DeploymentMetrics, Metrics};
 use crate::places::Places;
 use crate::runtime::capacity::{MachineCapacity, MachineFacts};
 use crate::runtime::{CompileCache, Limits, Runtime, RuntimeConfig};
@@ -35,6 +37,9 @@ pub struct Deployment {
     /// bounds it (for /health).
     pub machine: MachineCapacity,
     pub stats: Stats,
+    pub metrics: DeploymentMetrics,
+    /// Its rollouts in flight, by id (status and cancel).
+    pub live: LiveRollouts,
     /// Set when the deployment is deleted: new inits are refused while
     /// running rollouts finish.
     removed: AtomicBool,
@@ -58,6 +63,7 @@ impl Deployment {
         plugin: PluginBytes,
         config: &ServerConfig,
         compile_cache: Option<CompileCache>,
+        metrics: &Metrics,
     ) -> Result<Self, SwapError> {
         let settings = config.settings_for(name);
         let mut runtime_config = RuntimeConfig {
@@ -89,9 +95,12 @@ impl Deployment {
             capacity,
             "plugin loaded"
         );
+        let metrics = metrics.deployment(name);
         let name: Arc<str> = name.into();
         Ok(Self {
-            plugin: PluginSlot::new(runtime, name.clone(), loaded, source),
+            plugin: PluginSlot::new(runtime, name.clone(), loaded, source, metrics.clone()),
+            metrics,
+            live: LiveRollouts::default(),
             name,
             limits: settings.limits.clone(),
             api_key: settings.api_key.clone(),
@@ -104,6 +113,15 @@ impl Deployment {
             stats: Stats::default(),
             removed: AtomicBool::new(false),
         })
+    }
+
+    /// Rollouts whose agent runs now, and accepted ones waiting for a slot.
+    pub fn running_and_queued(&self) -> (usize, usize) {
+        let running = self
+            .max_concurrent
+            .max(1)
+            .saturating_sub(self.slots.available_permits());
+        (running, self.places.taken().saturating_sub(running))
     }
 
     /// Refuses new inits from now on; running rollouts finish.

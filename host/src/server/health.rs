@@ -1,6 +1,7 @@
 //! `GET /health` (open) and `GET /platform/health` (404 without an API key,
 //! 401 on a wrong one): the default deployment's at the root, each
-//! deployment's under `/deployments/NAME/`.
+//! deployment's under `/deployments/NAME/`; and `GET /metrics`, the whole
+//! server's.
 
 use super::init::no_such_deployment;
 use super::{App, Deployment, auth, json_error};
@@ -80,4 +81,29 @@ fn body(d: &Deployment) -> Response {
         },
     }))
     .into_response()
+}
+
+/// `GET /metrics`: behind the server's `--api-key` when it has one.
+pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(key) = &app.config.defaults.api_key
+        && !auth::authorized(key, &headers)
+    {
+        return json_error(StatusCode::UNAUTHORIZED, "Invalid or missing API key");
+    }
+    let now: Vec<(String, usize, usize)> = app
+        .deployments()
+        .iter()
+        .map(|d| {
+            let (running, queued) = d.running_and_queued();
+            (d.name.to_string(), running, queued)
+        })
+        .collect();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(&now),
+    )
+        .into_response()
 }

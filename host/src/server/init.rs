@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The default deployment's init (the root route).
 pub async fn init_default(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
@@ -48,7 +49,19 @@ pub fn no_such_deployment(name: &str) -> Response {
     )
 }
 
+/// Answers an init for `deployment`, counting the answer's status.
 async fn init_on(
+    app: Arc<App>,
+    deployment: Arc<Deployment>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let response = answer(app, deployment.clone(), headers, body).await;
+    deployment.metrics.init(response.status().as_u16());
+    response
+}
+
+async fn answer(
     app: Arc<App>,
     deployment: Arc<Deployment>,
     headers: HeaderMap,
@@ -153,10 +166,12 @@ async fn admit_and_start(
     request: RolloutRequest,
     ticket: Ticket,
 ) -> Result<Bytes, Refusal> {
+    let started = Instant::now();
     match prepare(app, deployment, request).await {
         Ok((answer, accepted)) => {
             let (body, finished) = ticket.accept(&answer);
             tracing::debug!(rollout_id = %answer.rollout_id, "rollout accepted");
+            accepted.deployment.metrics.accepted(started.elapsed());
             app.tasks
                 .spawn_on(rollout::run(app.clone(), accepted, finished), &app.guests);
             Ok(body)
@@ -240,6 +255,8 @@ async fn prepare(
             .map_err(|e| refusal(500, &format!("cannot encode the init response: {e}")))?,
     };
     let starting = rollout::Starting {
+        tracked: deployment.live.add(answer.rollout_id.clone()),
+        accepted: Instant::now(),
         request,
         endpoints,
         wit_request,

@@ -5,6 +5,7 @@ mod auth;
 mod deployment;
 mod health;
 mod init;
+mod rollouts;
 mod swap;
 
 pub use deployment::{Deployment, valid_name};
@@ -14,6 +15,7 @@ use crate::allocator;
 use crate::config_file::{DeploymentSettings, DeploymentSpec};
 use crate::debug_log::DebugLog;
 use crate::fault;
+use crate::metrics::Metrics;
 use crate::runtime::{AllocatorChoice, CompileCache};
 use crate::trainer::{ChatDialect, RetryPolicy, TrainerClient, TrainerDialect};
 use axum::Router;
@@ -124,6 +126,7 @@ pub struct App {
     /// What new deployments are made with.
     pub config: ServerConfig,
     pub compile_cache: Option<CompileCache>,
+    pub metrics: Arc<Metrics>,
     pub trainer: TrainerClient,
     /// How chat requests to the trainer are written (shared by every rollout).
     pub dialect: Arc<dyn ChatDialect>,
@@ -246,6 +249,7 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         .compile_cache
         .as_deref()
         .and_then(CompileCache::open_or_warn);
+    let metrics = Arc::new(Metrics::new());
     let mut deployments: Vec<Arc<Deployment>> = Vec::with_capacity(config.plugins.len());
     for spec in &config.plugins {
         if deployments.iter().any(|d| *d.name == spec.name) {
@@ -256,6 +260,7 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
             deployment::PluginBytes::File(spec.plugin.clone()),
             &config,
             compile_cache.clone(),
+            &metrics,
         )
         .await
         .map_err(|source| ServerError::Load {
@@ -279,11 +284,13 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         }
     };
     let trainer = TrainerClient::new(config.retry.clone(), config.trainer_idle_timeout)
-        .map_err(|e| ServerError::Client(e.to_string()))?;
+        .map_err(|e| ServerError::Client(e.to_string()))?
+        .with_metrics(metrics.trainer.clone());
     let app = Arc::new(App {
         deployments: RwLock::new(deployments),
         changing: tokio::sync::Mutex::new(()),
         compile_cache,
+        metrics,
         trainer,
         dialect: Arc::new(TrainerDialect),
         debug_log,
@@ -340,7 +347,18 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/rollout/init", post(init::init_default))
         .route("/health", get(health::health_default))
         .route("/platform/health", get(health::platform_health_default))
+        .route("/v1/rollout/{id}", get(rollouts::status_default))
+        .route("/v1/rollout/cancel", post(rollouts::cancel_default))
+        .route("/metrics", get(health::metrics))
         .route("/deployments/{name}/v1/rollout/init", post(init::init))
+        .route(
+            "/deployments/{name}/v1/rollout/{id}",
+            get(rollouts::status_named),
+        )
+        .route(
+            "/deployments/{name}/v1/rollout/cancel",
+            post(rollouts::cancel_named),
+        )
         .route("/deployments/{name}/health", get(health::health))
         .route(
             "/deployments/{name}/platform/health",

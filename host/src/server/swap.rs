@@ -9,6 +9,7 @@
 //! its plugin file; an upload through the admin API (`server/admin.rs`).
 
 use super::App;
+use crate::metrics::DeploymentMetrics;
 use crate::runtime::{LoadError, Plugin, Runtime};
 use serde_json::{Value, json};
 use std::ops::Deref;
@@ -143,6 +144,8 @@ pub struct PluginSlot {
     /// One load at a time: a second trigger waits and then loads the file
     /// as it is by then.
     loading: tokio::sync::Mutex<()>,
+    /// Counts swaps and refused loads.
+    metrics: DeploymentMetrics,
 }
 
 impl PluginSlot {
@@ -151,6 +154,7 @@ impl PluginSlot {
         deployment: Arc<str>,
         plugin: Plugin,
         source: Source,
+        metrics: DeploymentMetrics,
     ) -> Self {
         Self {
             current: RwLock::new(Arc::new(Version::new(&deployment, plugin, source))),
@@ -158,6 +162,7 @@ impl PluginSlot {
             retired: Mutex::default(),
             runtime,
             loading: tokio::sync::Mutex::new(()),
+            metrics,
         }
     }
 
@@ -196,17 +201,29 @@ impl PluginSlot {
         let Some(path) = self.path() else {
             return Err(SwapError::NothingToReload(self.deployment.to_string()));
         };
-        let plugin = self.runtime.load(&path).await?;
-        check_tools(&plugin, &path).await?;
-        Ok(self.swap(plugin, Source::File(path)))
+        let loaded = match self.runtime.load(&path).await {
+            Ok(plugin) => check_tools(&plugin, &path).await.map(|()| plugin),
+            Err(e) => Err(e.into()),
+        };
+        self.swap_in(loaded, Source::File(path))
     }
 
     /// Loads uploaded plugin bytes, asks them for their tools on a sample
     /// request, and if all that works makes them current.
     pub async fn upload(&self, bytes: Vec<u8>) -> Result<Arc<Version>, SwapError> {
         let _one_at_a_time = self.loading.lock().await;
-        let plugin = load_upload(&self.runtime, &self.deployment, bytes).await?;
-        Ok(self.swap(plugin, Source::Upload))
+        let loaded = load_upload(&self.runtime, &self.deployment, bytes).await;
+        self.swap_in(loaded, Source::Upload)
+    }
+
+    /// Makes a plugin that loaded current; counts the swap either way.
+    fn swap_in(
+        &self,
+        loaded: Result<Plugin, SwapError>,
+        source: Source,
+    ) -> Result<Arc<Version>, SwapError> {
+        self.metrics.swap(loaded.is_ok());
+        Ok(self.swap(loaded?, source))
     }
 
     fn swap(&self, plugin: Plugin, source: Source) -> Arc<Version> {
