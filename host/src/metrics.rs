@@ -218,6 +218,13 @@ impl Metrics {
         let label = DeploymentLabel {
             deployment: name.to_owned(),
         };
+        // Swaps are rare: show them as 0 until one happens.
+        for outcome in ["swapped", "refused"] {
+            self.swaps.get_or_create(&SwapLabels {
+                deployment: name.to_owned(),
+                outcome,
+            });
+        }
         DeploymentMetrics {
             accepted: self.accepted.get_or_create_owned(&label),
             completed: self.completed.get_or_create_owned(&label),
