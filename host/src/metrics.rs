@@ -220,7 +220,7 @@ impl Metrics {
         };
         // Swaps are rare: show them as 0 until one happens.
         for outcome in ["swapped", "refused"] {
-            self.swaps.get_or_create(&SwapLabels {
+            self.swaps.get_or_create_owned(&SwapLabels {
                 deployment: name.to_owned(),
                 outcome,
             });
