@@ -154,6 +154,21 @@ pub struct ServeArgs {
     #[arg(long, env = "ROLLOUT_COMPLETION_RETRIES", default_value_t = 2)]
     pub completion_retries: u32,
 
+    /// Seconds a callback the trainer could not take (down, failing) is
+    /// tried again in the background, with backoff up to
+    /// --retry-max-delay; with --state-dir, across restarts. 0: give up
+    /// after --completion-retries.
+    #[arg(long, env = "ROLLOUT_DELIVERY_DEADLINE", default_value = "3600", value_name = "SECS", value_parser = seconds)]
+    pub delivery_deadline: Duration,
+
+    /// Journal every accepted rollout in DIR (created 0700; the file holds
+    /// the trainers' bearer tokens and is 0600) until its callback is
+    /// delivered: after a crash or kill, a restart sends each rollout that
+    /// was lost its one ERROR callback and redelivers callbacks still
+    /// pending. Off when unset.
+    #[arg(long, env = "ROLLOUT_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     #[command(flatten)]
     pub chat: ChatArgs,
 
@@ -478,6 +493,8 @@ impl ServeArgs {
             max_upload_bytes: (self.max_upload_mib as usize) << 20,
             bind: SocketAddr::new(self.host, self.port),
             debug_dir: self.log_dir.clone(),
+            state_dir: self.state_dir.clone(),
+            delivery_deadline: self.delivery_deadline,
             record_ttl: self.record_ttl,
             max_records: usize::try_from(self.max_records).unwrap_or(usize::MAX),
             trainer_idle_timeout: self.trainer_idle_timeout,

@@ -214,6 +214,26 @@ impl IdempotencyStore {
         dropped
     }
 
+    /// Keeps a rollout a previous run accepted (from the journal) as
+    /// finished: duplicates get `answer`, its status is `ended`, for the
+    /// TTL from now.
+    pub fn restore(&self, key: &str, answer: &InitAnswer, ended: Progress) {
+        let key: Arc<str> = key.into();
+        {
+            let mut records = self.lock();
+            let rollout_id =
+                (answer.rollout_id != key).then(|| Box::new(answer.rollout_id.clone()));
+            records.entries.insert(
+                key.clone(),
+                Entry::Accepted {
+                    fields: answer.fields.clone(),
+                    rollout_id,
+                },
+            );
+        }
+        self.finish(key, Some(ended));
+    }
+
     /// How the finished rollout `rollout_id` ended, while its record is kept.
     pub fn ended(&self, rollout_id: &str) -> Option<Progress> {
         self.lock().ended.get(rollout_id).copied()

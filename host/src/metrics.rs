@@ -77,6 +77,7 @@ pub struct Metrics {
     guest_cpu_seconds: Histograms<DeploymentLabel>,
     guest_peak_memory: Histograms<DeploymentLabel>,
     swaps: Family<SwapLabels, Counter>,
+    callbacks_pending: Gauge,
     pub trainer: TrainerMetrics,
 }
 
@@ -170,6 +171,12 @@ impl Metrics {
             "Plugin loads after start (SIGHUP, --reload, admin upload), by outcome",
             swaps.clone(),
         );
+        let callbacks_pending = Gauge::default();
+        registry.register(
+            "callbacks_pending",
+            "Callbacks the trainer could not take, waiting for redelivery now",
+            callbacks_pending.clone(),
+        );
         let chat_seconds = seconds();
         registry.register_with_unit(
             "chat_duration",
@@ -204,6 +211,7 @@ impl Metrics {
             guest_cpu_seconds,
             guest_peak_memory,
             swaps,
+            callbacks_pending,
             trainer: TrainerMetrics {
                 chat_seconds,
                 attempts,
@@ -240,8 +248,10 @@ impl Metrics {
     }
 
     /// The exposition, with the gauges set to `now`: (deployment, running,
-    /// queued) of each deployment served (a deleted one's are dropped).
-    pub fn encode(&self, now: &[(String, usize, usize)]) -> String {
+    /// queued) of each deployment served (a deleted one's are dropped), and
+    /// the callbacks waiting for redelivery.
+    pub fn encode(&self, now: &[(String, usize, usize)], callbacks_pending: usize) -> String {
+        self.callbacks_pending.set(gauge(callbacks_pending));
         self.running.clear();
         self.queued.clear();
         for (deployment, running, queued) in now {

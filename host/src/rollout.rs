@@ -5,6 +5,7 @@
 //! itself does (panics), the trainer receives exactly one
 //! `POST /v1/rollout/completed`.
 
+use crate::delivery::Callback;
 use crate::fault;
 use crate::idempotency::Finished;
 use crate::live::{Control, Progress, Status, Tracked};
@@ -180,14 +181,18 @@ pub async fn run(app: Arc<App>, starting: Starting, finished: Finished) {
                 tracing::warn!(error = ?response.error_message, "rollout failed")
             }
         }
-        match app
-            .trainer
-            .complete(&endpoints.completed, request.api_key.as_deref(), &response)
-            .await
-        {
-            Ok(status) => tracing::debug!(%status, "completion delivered"),
-            Err(e) => tracing::error!(error = %e, "completion callback not delivered"),
-        }
+        // Serializing strings, numbers and JSON values cannot fail.
+        let body = serde_json::to_vec(&response).unwrap_or_default();
+        app.deliveries
+            .deliver(Callback {
+                deployment: deployment.name.clone(),
+                key: request.idempotency_key().into(),
+                rollout_id: request.rollout_id.as_str().into(),
+                url: endpoints.completed.clone(),
+                api_key: request.api_key.clone(),
+                body: body.into(),
+            })
+            .await;
         deployment.metrics.called_back(accepted.elapsed());
         finished.done(ended);
         drop(tracked);

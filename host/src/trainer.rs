@@ -2,7 +2,7 @@
 //! with the protocol's bearer token, timeouts and retry policy (§3).
 
 use crate::metrics::{TrainerCall, TrainerMetrics};
-use crate::protocol::{RolloutResponse, json_text};
+use crate::protocol::json_text;
 use bytes::Bytes;
 use reqwest::StatusCode;
 use serde_json::value::RawValue;
@@ -46,7 +46,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// `min(base * 2^attempt, max)`.
-    fn delay(&self, attempt: u32) -> Duration {
+    pub fn delay(&self, attempt: u32) -> Duration {
         self.base_delay
             .saturating_mul(1u32 << attempt.min(20))
             .min(self.max_delay)
@@ -83,6 +83,19 @@ pub enum TrainerError {
     Failed { status: u16, body: String },
     #[error("unusable trainer response: {0}")]
     BadResponse(String),
+}
+
+impl TrainerError {
+    /// The trainer answered and refused (a 3xx/4xx, a final 429) or its
+    /// answer was unusable: trying again later would get the same.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            TrainerError::Rejected { .. }
+                | TrainerError::RateLimited { .. }
+                | TrainerError::BadResponse(_)
+        )
+    }
 }
 
 /// `choices[0]` of a chat completion, plus usage and token data.
@@ -148,6 +161,10 @@ impl TrainerClient {
         })
     }
 
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
     /// Counts every call in `metrics`.
     pub fn with_metrics(mut self, metrics: TrainerMetrics) -> Self {
         self.metrics = Some(metrics);
@@ -200,21 +217,20 @@ impl TrainerClient {
         parse_chat_completion(&posted?.1)
     }
 
-    /// `POST {server_url}/v1/rollout/completed`; any 2xx is delivered.
+    /// `POST {server_url}/v1/rollout/completed` with a callback `body`
+    /// (JSON); any 2xx is delivered.
     pub async fn complete(
         &self,
         url: &reqwest::Url,
         api_key: Option<&str>,
-        response: &RolloutResponse,
+        body: Bytes,
     ) -> Result<StatusCode, TrainerError> {
-        let body =
-            serde_json::to_vec(response).map_err(|e| TrainerError::BadResponse(e.to_string()))?;
         let posted = self
             .post_with_retries(
                 TrainerCall::Callback,
                 url,
                 api_key,
-                body.into(),
+                body,
                 self.policy.callback_timeout,
                 self.policy.completion_retries,
             )

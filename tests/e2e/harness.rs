@@ -390,6 +390,28 @@ struct TrainerState {
 pub struct Trainer {
     pub url: String,
     state: Arc<TrainerState>,
+    app: Router,
+    /// The serving task and its stop switch, while it serves.
+    serving: Arc<Mutex<Option<Serving>>>,
+}
+
+type Serving = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// Serves `app` on `listener` until told to stop (then it finishes the
+/// requests in progress and closes its connections).
+fn serve(listener: tokio::net::TcpListener, app: Router) -> Serving {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (stop, task)
 }
 
 impl Trainer {
@@ -429,8 +451,32 @@ impl Trainer {
             .await
             .expect("bind trainer");
         let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Trainer { url, state }
+        let serving = serve(listener, app.clone());
+        Trainer {
+            url,
+            state,
+            app,
+            serving: Arc::new(Mutex::new(Some(serving))),
+        }
+    }
+
+    /// The trainer goes away: its port refuses connections until
+    /// [`Trainer::come_back`].
+    pub async fn go_away(&self) {
+        let serving = self.serving.lock().unwrap().take();
+        if let Some((stop, task)) = serving {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+
+    /// The trainer serves again, on the same port.
+    pub async fn come_back(&self) {
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .expect("bind the trainer's port again");
+        *self.serving.lock().unwrap() = Some(serve(listener, self.app.clone()));
     }
 
     pub fn chats(&self) -> Vec<Call> {

@@ -2,6 +2,7 @@
 //! and a scripted trainer over HTTP.
 
 mod datasets;
+mod delivery;
 mod deployments;
 mod hardening;
 mod harness;

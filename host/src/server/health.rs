@@ -103,7 +103,7 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        app.metrics.encode(&now),
+        app.metrics.encode(&now, app.deliveries.pending()),
     )
         .into_response()
 }

@@ -5,6 +5,7 @@
 use super::{App, Deployment, auth, json_error};
 use crate::fault;
 use crate::idempotency::{self, Claim, InitAnswer, InitOutcome, Ticket};
+use crate::journal::Entry;
 use crate::protocol::{Message, RolloutRequest, json_text, message_texts, parse_init_request};
 use crate::rollout;
 use crate::runtime::{Failure, HostCallLimits, RolloutHost, TrainerLink, WitRolloutRequest};
@@ -169,6 +170,19 @@ async fn admit_and_start(
     let started = Instant::now();
     match prepare(app, deployment, request).await {
         Ok((answer, accepted)) => {
+            // On disk before the trainer hears of it: a crash from here on
+            // still ends in a callback.
+            if let Some(journal) = app.deliveries.journal()
+                && let Err(e) = journal.put(&journal_entry(&answer, &accepted)).await
+            {
+                tracing::error!(error = %e, "init refused: the journal cannot be written");
+                let refused = refusal(
+                    503,
+                    &format!("rollout-host cannot journal the rollout ({e}); retry later"),
+                );
+                ticket.fail(refused.0, refused.1.clone());
+                return Err(refused);
+            }
             let (body, finished) = ticket.accept(&answer);
             tracing::debug!(rollout_id = %answer.rollout_id, "rollout accepted");
             accepted.deployment.metrics.accepted(started.elapsed());
@@ -180,6 +194,20 @@ async fn admit_and_start(
             ticket.fail(status, body.clone());
             Err((status, body))
         }
+    }
+}
+
+/// What the journal keeps of an accepted rollout.
+fn journal_entry(answer: &InitAnswer, accepted: &rollout::Starting) -> Entry {
+    Entry {
+        deployment: accepted.deployment.name.to_string(),
+        key: accepted.request.idempotency_key().to_owned(),
+        rollout_id: answer.rollout_id.to_string(),
+        callback_url: accepted.endpoints.completed.to_string(),
+        api_key: accepted.request.api_key.clone(),
+        answer_fields: answer.fields.to_string(),
+        build: accepted.version.build.clone(),
+        pending: None,
     }
 }
 

@@ -5,6 +5,7 @@ mod auth;
 mod deployment;
 mod health;
 mod init;
+mod recovery;
 mod rollouts;
 mod swap;
 
@@ -14,7 +15,9 @@ pub use swap::{BUILD_KEY, Running};
 use crate::allocator;
 use crate::config_file::{DeploymentSettings, DeploymentSpec};
 use crate::debug_log::DebugLog;
+use crate::delivery::Deliveries;
 use crate::fault;
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::runtime::{AllocatorChoice, CompileCache};
 use crate::trainer::{ChatDialect, RetryPolicy, TrainerClient, TrainerDialect};
@@ -51,6 +54,10 @@ pub struct ServerConfig {
     pub max_upload_bytes: usize,
     pub bind: SocketAddr,
     pub debug_dir: Option<PathBuf>,
+    /// Where the delivery journal is kept; `None`: no journal.
+    pub state_dir: Option<PathBuf>,
+    /// How long an undelivered callback is tried again.
+    pub delivery_deadline: Duration,
     /// How long a finished rollout's init answer is kept for duplicates.
     pub record_ttl: Duration,
     /// Most finished rollouts' records kept (oldest dropped first).
@@ -103,6 +110,8 @@ pub enum ServerError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     #[error("cannot create the HTTP client: {0}")]
     Client(String),
     #[error("server error: {0}")]
@@ -128,6 +137,8 @@ pub struct App {
     pub compile_cache: Option<CompileCache>,
     pub metrics: Arc<Metrics>,
     pub trainer: TrainerClient,
+    /// Completion callbacks, redelivered when the trainer is away.
+    pub deliveries: Arc<Deliveries>,
     /// How chat requests to the trainer are written (shared by every rollout).
     pub dialect: Arc<dyn ChatDialect>,
     pub debug_log: Option<DebugLog>,
@@ -245,6 +256,13 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     // From here on a SIGHUP reloads the plugin (once the server is up)
     // instead of ending the process.
     let hangups = swap::hangups();
+    let (journal, left) = match &config.state_dir {
+        Some(dir) => {
+            let (journal, left) = Journal::open(dir)?;
+            (Some(journal), left)
+        }
+        None => (None, Vec::new()),
+    };
     let compile_cache = config
         .compile_cache
         .as_deref()
@@ -286,12 +304,18 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     let trainer = TrainerClient::new(config.retry.clone(), config.trainer_idle_timeout)
         .map_err(|e| ServerError::Client(e.to_string()))?
         .with_metrics(metrics.trainer.clone());
+    let deliveries = Arc::new(Deliveries::new(
+        trainer.clone(),
+        journal,
+        config.delivery_deadline,
+    ));
     let app = Arc::new(App {
         deployments: RwLock::new(deployments),
         changing: tokio::sync::Mutex::new(()),
         compile_cache,
         metrics,
         trainer,
+        deliveries,
         dialect: Arc::new(TrainerDialect),
         debug_log,
         max_body_bytes: config.max_body_bytes,
@@ -301,6 +325,8 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         guests,
         config: config.clone(),
     });
+
+    recovery::recover(&app, left);
 
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
@@ -339,6 +365,12 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     heartbeats.iter().for_each(|h| h.abort());
     reloads.iter().for_each(|r| r.abort());
     drain(&app, config.shutdown_grace).await;
+    app.deliveries.stop();
+    if let Some(journal) = app.deliveries.journal()
+        && let Err(e) = journal.sync().await
+    {
+        tracing::error!(error = %e, "the journal's last writes may be lost");
+    }
     Ok(())
 }
 
