@@ -9,18 +9,25 @@
 //!
 //! Writes go to one writer thread, which commits everything queued since
 //! its last commit in one transaction (group commit): under load, one
-//! fsync serves many rollouts. The file holds the trainers' bearer tokens:
-//! it is created 0600 in a 0700 directory.
+//! fsync serves many rollouts. Writes nobody waits for (a delivered
+//! rollout's removal) wait up to [`LAZY_COMMIT`] for company. An entry is
+//! small: the init answer (its tool list, the same for many rollouts) is
+//! kept once, by its hash. The file holds the trainers' bearer tokens: it
+//! is created 0600 in a 0700 directory.
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// deployment NUL idempotency key -> [`Entry`] as JSON (without its
-/// callback).
+/// deployment NUL idempotency key -> [`Stored`] as JSON.
 const ROLLOUTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rollouts");
+/// sha256 of an init answer's fields (hex, 32 digits) -> the fields.
+const ANSWERS: TableDefinition<&str, &str> = TableDefinition::new("answers");
 /// The same key -> [`Pending`] as JSON: a callback that waits for
 /// redelivery.
 const CALLBACKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("callbacks");
@@ -28,8 +35,15 @@ const CALLBACKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("callbacks
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
+/// The shortest time between two commits' starts.
+const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// How long writes nobody waits for wait for others before they are
+/// committed.
+pub const LAZY_COMMIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// A rollout that has not been called back yet.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub deployment: String,
     /// Its idempotency key.
@@ -40,12 +54,21 @@ pub struct Entry {
     /// The init's bearer token for the trainer.
     pub api_key: Option<String>,
     /// The init answer's fields after `rollout_id` (JSON text).
-    pub answer_fields: String,
-    /// The build it ran on (the callback's `extra_fields.rollout_host`).
-    pub build: serde_json::Value,
+    pub answer_fields: Arc<String>,
     /// Its callback, when one was made and waits for redelivery.
-    #[serde(skip)]
     pub pending: Option<Pending>,
+}
+
+/// An [`Entry`] on disk: its answer by hash, its callback in a table of
+/// its own.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    deployment: String,
+    key: String,
+    rollout_id: String,
+    callback_url: String,
+    api_key: Option<String>,
+    answer: String,
 }
 
 /// A callback that was not delivered yet.
@@ -89,7 +112,8 @@ pub enum JournalError {
 }
 
 enum Op {
-    Put(Vec<u8>, Vec<u8>),
+    /// An accepted rollout, and its answer's hash and text.
+    Put(Vec<u8>, Vec<u8>, String, Arc<String>),
     PutCallback(Vec<u8>, Vec<u8>),
     /// Both the rollout and its callback.
     Remove(Vec<u8>),
@@ -156,11 +180,11 @@ impl Journal {
             .set_check_integrity_on_open(true)
             .create(&file)
             .map_err(|e| open_error(e.to_string()))?;
-        let left = read_all(&db).map_err(open_error)?;
+        let (left, answers) = read_all(&db).map_err(open_error)?;
         let (writes, queue) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || write_loop(db, queue))
+            .spawn(move || write_loop(db, queue, answers))
             .map_err(|e| open_error(format!("cannot start its writer: {e}")))?;
         Ok((Journal { writes }, left))
     }
@@ -168,7 +192,26 @@ impl Journal {
     /// Writes `entry` and waits until it is on disk.
     pub async fn put(&self, entry: &Entry) -> Result<(), JournalError> {
         let (done, committed) = oneshot::channel();
-        self.send(Op::Put(entry.key_bytes(), encode(entry)), Some(done))?;
+        let answer = answer_hash(&entry.answer_fields);
+        let stored = Stored {
+            deployment: entry.deployment.clone(),
+            key: entry.key.clone(),
+            rollout_id: entry.rollout_id.clone(),
+            callback_url: entry.callback_url.clone(),
+            api_key: entry.api_key.clone(),
+            answer: answer.clone(),
+        };
+        // Strings always serialize.
+        let value = serde_json::to_vec(&stored).unwrap_or_default();
+        self.send(
+            Op::Put(
+                entry.key_bytes(),
+                value,
+                answer,
+                entry.answer_fields.clone(),
+            ),
+            Some(done),
+        )?;
         committed
             .await
             .map_err(|_| JournalError::Stopped)?
@@ -210,22 +253,66 @@ impl Journal {
     }
 }
 
-fn encode(entry: &Entry) -> Vec<u8> {
-    // A struct of strings and a JSON value always serializes.
-    serde_json::to_vec(entry).unwrap_or_default()
+fn answer_hash(fields: &str) -> String {
+    let digest = Sha256::digest(fields.as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn read_all(db: &Database) -> Result<Vec<Entry>, String> {
-    let mut entries: Vec<Entry> = read_table(db, ROLLOUTS)?
+/// The entries left, and the hashes of the answers kept (the answers no
+/// entry refers to are dropped).
+fn read_all(db: &Database) -> Result<(Vec<Entry>, HashSet<String>), String> {
+    let stored: Vec<Stored> = read_table(db, ROLLOUTS)?
         .into_iter()
-        .map(|(_, entry)| entry)
+        .map(|(_, stored)| stored)
         .collect();
-    let mut pending: std::collections::HashMap<Vec<u8>, Pending> =
-        read_table(db, CALLBACKS)?.into_iter().collect();
-    for entry in &mut entries {
-        entry.pending = pending.remove(&entry.key_bytes());
+    let mut pending: HashMap<Vec<u8>, Pending> = read_table(db, CALLBACKS)?.into_iter().collect();
+    let answers = read_answers(db)?;
+    let mut entries = Vec::with_capacity(stored.len());
+    for s in stored {
+        let Some(answer_fields) = answers.get(&s.answer) else {
+            tracing::error!(rollout_id = %s.rollout_id, "journal entry without its init answer skipped");
+            continue;
+        };
+        let key = record_key(&s.deployment, &s.key);
+        entries.push(Entry {
+            pending: pending.remove(&key),
+            answer_fields: answer_fields.clone(),
+            deployment: s.deployment,
+            key: s.key,
+            rollout_id: s.rollout_id,
+            callback_url: s.callback_url,
+            api_key: s.api_key,
+        });
     }
-    Ok(entries)
+    // Keep the answers still referred to.
+    let kept: HashSet<String> = entries
+        .iter()
+        .map(|e| answer_hash(&e.answer_fields))
+        .collect();
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut table = txn.open_table(ANSWERS).map_err(|e| e.to_string())?;
+        table
+            .retain(|hash, _| kept.contains(hash))
+            .map_err(|e| e.to_string())?;
+    }
+    txn.commit().map_err(|e| e.to_string())?;
+    Ok((entries, kept))
+}
+
+fn read_answers(db: &Database) -> Result<HashMap<String, Arc<String>>, String> {
+    let read = db.begin_read().map_err(|e| e.to_string())?;
+    let table = match read.open_table(ANSWERS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut answers = HashMap::new();
+    for row in table.iter().map_err(|e| e.to_string())? {
+        let (hash, fields) = row.map_err(|e| e.to_string())?;
+        answers.insert(hash.value().to_owned(), Arc::new(fields.value().to_owned()));
+    }
+    Ok(answers)
 }
 
 /// Every readable row of `table` (none when it was never made).
@@ -255,17 +342,37 @@ fn read_table<T: serde::de::DeserializeOwned>(
 }
 
 /// Commits what is queued, as it comes: everything waiting at the start
-/// of a commit goes into it.
-fn write_loop(db: Database, mut queue: mpsc::UnboundedReceiver<Write>) {
+/// of a commit goes into it. A batch nobody waits for waits up to
+/// [`LAZY_COMMIT`] for one somebody does. `answers`: the hashes of the
+/// answers on disk.
+fn write_loop(
+    db: Database,
+    mut queue: mpsc::UnboundedReceiver<Write>,
+    mut answers: HashSet<String>,
+) {
+    let mut last_commit = std::time::Instant::now();
     while let Some(first) = queue.blocking_recv() {
+        // At most one commit (one fsync) per COMMIT_EVERY: under load a
+        // commit then carries many rollouts.
+        if let Some(wait) = COMMIT_EVERY.checked_sub(last_commit.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        last_commit = std::time::Instant::now();
         let mut batch = vec![first];
+        let lazy_until = std::time::Instant::now() + LAZY_COMMIT;
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
                 Ok(write) => batch.push(write),
+                Err(mpsc::error::TryRecvError::Empty)
+                    if batch.iter().all(|w| w.done.is_none())
+                        && std::time::Instant::now() < lazy_until =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 Err(_) => break,
             }
         }
-        let committed = commit(&db, &batch).map_err(|e| e.to_string());
+        let committed = commit(&db, &batch, &mut answers).map_err(|e| e.to_string());
         if let Err(e) = &committed {
             tracing::error!(error = %e, writes = batch.len(), "journal commit failed");
         }
@@ -277,14 +384,24 @@ fn write_loop(db: Database, mut queue: mpsc::UnboundedReceiver<Write>) {
     }
 }
 
-fn commit(db: &Database, batch: &[Write]) -> Result<(), redb::Error> {
+fn commit(
+    db: &Database,
+    batch: &[Write],
+    answers: &mut HashSet<String>,
+) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
+    let mut new_answers = Vec::new();
     {
         let mut rollouts = txn.open_table(ROLLOUTS)?;
         let mut callbacks = txn.open_table(CALLBACKS)?;
+        let mut answer_table = txn.open_table(ANSWERS)?;
         for write in batch {
             match &write.op {
-                Op::Put(key, value) => {
+                Op::Put(key, value, hash, fields) => {
+                    if !answers.contains(hash) && !new_answers.contains(hash) {
+                        answer_table.insert(hash.as_str(), fields.as_str())?;
+                        new_answers.push(hash.clone());
+                    }
                     rollouts.insert(key.as_slice(), value.as_slice())?;
                 }
                 Op::PutCallback(key, value) => {
@@ -299,6 +416,7 @@ fn commit(db: &Database, batch: &[Write]) -> Result<(), redb::Error> {
         }
     }
     txn.commit()?;
+    answers.extend(new_answers);
     Ok(())
 }
 
@@ -313,8 +431,7 @@ mod tests {
             rollout_id: key.into(),
             callback_url: "http://trainer/v1/rollout/completed".into(),
             api_key: Some("secret".into()),
-            answer_fields: r#""tools":[]"#.into(),
-            build: serde_json::json!({"deployment": "default"}),
+            answer_fields: Arc::new(r#""tools":[]"#.into()),
             pending: None,
         }
     }

@@ -205,8 +205,7 @@ fn journal_entry(answer: &InitAnswer, accepted: &rollout::Starting) -> Entry {
         rollout_id: answer.rollout_id.to_string(),
         callback_url: accepted.endpoints.completed.to_string(),
         api_key: accepted.request.api_key.clone(),
-        answer_fields: answer.fields.to_string(),
-        build: accepted.version.build.clone(),
+        answer_fields: answer.fields.clone(),
         pending: None,
     }
 }

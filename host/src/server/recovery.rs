@@ -61,7 +61,7 @@ pub fn recover(app: &Arc<App>, left: Vec<Entry>) {
                 &entry.key,
                 &InitAnswer {
                     rollout_id: entry.rollout_id.as_str().into(),
-                    fields: Arc::new(entry.answer_fields.clone()),
+                    fields: entry.answer_fields.clone(),
                 },
                 ended,
             );
@@ -87,10 +87,16 @@ pub fn recover(app: &Arc<App>, left: Vec<Entry>) {
     );
 }
 
-/// The ERROR callback of a rollout the server lost.
+/// The ERROR callback of a rollout the server lost, naming the build it
+/// was accepted on (as its init answer did).
 fn lost_callback(entry: &Entry) -> String {
+    let answer: serde_json::Value =
+        serde_json::from_str(&format!("{{{}}}", entry.answer_fields)).unwrap_or_default();
     let mut extra_fields = serde_json::Map::new();
-    extra_fields.insert(super::BUILD_KEY.to_owned(), entry.build.clone());
+    extra_fields.insert(
+        super::BUILD_KEY.to_owned(),
+        answer[super::BUILD_KEY].clone(),
+    );
     let response = RolloutResponse {
         rollout_id: entry.rollout_id.clone(),
         status: RolloutStatus::Error,
