@@ -12,7 +12,7 @@
 //! whose record has gone is a new rollout. A finished rollout's record
 //! also keeps its status (and reward) for `GET /v1/rollout/{id}`.
 
-use crate::live::Progress;
+use crate::live::{Progress, Status};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -50,7 +50,7 @@ impl InitAnswer {
     }
 }
 
-/// A key's record: 16 bytes beside its key. Whether an accepted rollout
+/// A key's record: 32 bytes beside its key. Whether an accepted rollout
 /// has finished is told by the finished queue alone: its [`Finished`] token
 /// puts the key there exactly once, and only the queue takes the record out.
 enum Entry {
@@ -63,15 +63,45 @@ enum Entry {
         fields: Arc<String>,
         /// The rollout id, when it is not the key itself (rare).
         rollout_id: Option<Box<Arc<str>>>,
+        /// How it ended, once it has.
+        ended: Ended,
     },
+}
+
+/// A [`Progress`] in 16 bytes: no status while running, no reward as NaN.
+#[derive(Clone, Copy)]
+struct Ended {
+    status: Option<Status>,
+    reward: f64,
+}
+
+impl Ended {
+    const RUNNING: Ended = Ended {
+        status: None,
+        reward: f64::NAN,
+    };
+
+    fn new(progress: Progress) -> Self {
+        Ended {
+            status: Some(progress.status),
+            reward: progress.reward.unwrap_or(f64::NAN),
+        }
+    }
+
+    fn progress(self) -> Option<Progress> {
+        Some(Progress {
+            status: self.status?,
+            reward: (!self.reward.is_nan()).then_some(self.reward),
+        })
+    }
 }
 
 #[derive(Default)]
 struct Records {
     entries: HashMap<Arc<str>, Entry>,
-    /// How finished rollouts ended, by rollout id (the key's own `Arc`
-    /// when they are the same): there as long as their record is.
-    ended: HashMap<Arc<str>, Progress>,
+    /// Rollout id -> key, for the rare accepted rollouts whose key is not
+    /// their id: there as long as their record is.
+    aliases: HashMap<Arc<str>, Arc<str>>,
     /// Keys of finished rollouts, in the order they finished, with when
     /// (tenths of a second since the store was made).
     finished: VecDeque<(u32, Arc<str>)>,
@@ -85,20 +115,31 @@ impl Records {
         let Some((_, key)) = self.finished.pop_front() else {
             return false;
         };
-        if let Some(Entry::Accepted { rollout_id, .. }) = self.entries.remove(&key) {
-            self.ended.remove(rollout_id.as_deref().unwrap_or(&key));
+        if let Some(Entry::Accepted {
+            rollout_id: Some(id),
+            ..
+        }) = self.entries.remove(&key)
+            && self.aliases.get(&**id).is_some_and(|k| *k == key)
+        {
+            self.aliases.remove(&**id);
         }
         true
     }
 
-    /// The rollout id of `key`'s accepted rollout.
-    fn rollout_id(&self, key: &Arc<str>) -> Option<Arc<str>> {
-        match self.entries.get(key)? {
-            Entry::Accepted { rollout_id, .. } => {
-                Some(rollout_id.as_deref().unwrap_or(key).clone())
-            }
-            Entry::Pending(_) => None,
-        }
+    /// Records `key`'s accepted rollout.
+    fn accepted(&mut self, key: Arc<str>, answer: &InitAnswer, ended: Ended) {
+        let rollout_id = (answer.rollout_id != key).then(|| {
+            self.aliases.insert(answer.rollout_id.clone(), key.clone());
+            Box::new(answer.rollout_id.clone())
+        });
+        self.entries.insert(
+            key,
+            Entry::Accepted {
+                fields: answer.fields.clone(),
+                rollout_id,
+                ended,
+            },
+        );
     }
 }
 
@@ -173,10 +214,10 @@ impl IdempotencyStore {
     fn finish(&self, key: Arc<str>, ended: Option<Progress>) {
         let now = self.now();
         let mut records = self.lock();
-        if let Some(ended) = ended
-            && let Some(id) = records.rollout_id(&key)
+        if let Some(progress) = ended
+            && let Some(Entry::Accepted { ended, .. }) = records.entries.get_mut(&key)
         {
-            records.ended.insert(id, ended);
+            *ended = Ended::new(progress);
         }
         records.finished.push_back((now, key));
         if records.finished.len() == self.max_records && !records.at_cap {
@@ -187,7 +228,6 @@ impl IdempotencyStore {
             records.at_cap = true;
             let len = records.entries.len();
             records.entries.reserve(len);
-            records.ended.reserve(len);
         }
         while records.finished.len() > self.max_records && records.drop_oldest() {}
     }
@@ -208,7 +248,7 @@ impl IdempotencyStore {
         if dropped > 0 && records.entries.capacity() > 4 * records.entries.len().max(1024) {
             // Give back the table of a burst long gone.
             records.entries.shrink_to_fit();
-            records.ended.shrink_to_fit();
+            records.aliases.shrink_to_fit();
             records.finished.shrink_to_fit();
         }
         dropped
@@ -219,24 +259,30 @@ impl IdempotencyStore {
     /// TTL from now.
     pub fn restore(&self, key: &str, answer: &InitAnswer, ended: Progress) {
         let key: Arc<str> = key.into();
-        {
-            let mut records = self.lock();
-            let rollout_id =
-                (answer.rollout_id != key).then(|| Box::new(answer.rollout_id.clone()));
-            records.entries.insert(
-                key.clone(),
-                Entry::Accepted {
-                    fields: answer.fields.clone(),
-                    rollout_id,
-                },
-            );
-        }
+        self.lock().accepted(key.clone(), answer, Ended::new(ended));
         self.finish(key, Some(ended));
     }
 
     /// How the finished rollout `rollout_id` ended, while its record is kept.
     pub fn ended(&self, rollout_id: &str) -> Option<Progress> {
-        self.lock().ended.get(rollout_id).copied()
+        let records = self.lock();
+        let entry = match records.aliases.get(rollout_id) {
+            Some(key) => records.entries.get(key),
+            // Keyed by its id, unless that key's rollout is another one.
+            None => records.entries.get(rollout_id).filter(|e| {
+                matches!(
+                    e,
+                    Entry::Accepted {
+                        rollout_id: None,
+                        ..
+                    }
+                )
+            }),
+        };
+        match entry? {
+            Entry::Accepted { ended, .. } => ended.progress(),
+            Entry::Pending(_) => None,
+        }
     }
 
     /// Records held (running and finished rollouts, inits in progress).
@@ -262,15 +308,7 @@ impl Ticket {
     /// record's life with the returned token, so start it only after this.
     pub fn accept(mut self, answer: &InitAnswer) -> (Bytes, Finished) {
         let body = answer.body();
-        let rollout_id =
-            (answer.rollout_id != self.key).then(|| Box::new(answer.rollout_id.clone()));
-        self.settle(
-            InitOutcome::Accepted(body.clone()),
-            Some(Entry::Accepted {
-                fields: answer.fields.clone(),
-                rollout_id,
-            }),
-        );
+        self.settle(InitOutcome::Accepted(body.clone()), Some(answer));
         let finished = Finished {
             store: self.store.clone(),
             key: self.key.clone(),
@@ -284,14 +322,18 @@ impl Ticket {
         self.settle(InitOutcome::Failed { status, body }, None);
     }
 
-    fn settle(&mut self, outcome: InitOutcome, record: Option<Entry>) {
+    /// Ends the pending claim: the key is `accepted` with that answer, or
+    /// forgotten.
+    fn settle(&mut self, outcome: InitOutcome, accepted: Option<&InitAnswer>) {
         let Some(tx) = self.tx.take() else { return };
         {
             let mut records = self.store.lock();
-            match record {
-                Some(entry) => records.entries.insert(self.key.clone(), entry),
-                None => records.entries.remove(&self.key),
-            };
+            match accepted {
+                Some(answer) => records.accepted(self.key.clone(), answer, Ended::RUNNING),
+                None => {
+                    records.entries.remove(&self.key);
+                }
+            }
         }
         let _ = tx.send(Some(outcome));
     }
@@ -365,8 +407,8 @@ mod tests {
     }
 
     #[test]
-    fn a_record_is_sixteen_bytes_beside_its_key() {
-        assert_eq!(std::mem::size_of::<Entry>(), 16);
+    fn a_record_is_thirty_two_bytes_beside_its_key() {
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
     }
 
     #[tokio::test]
