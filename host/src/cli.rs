@@ -141,8 +141,9 @@ pub struct ServeArgs {
     pub record_ttl: Duration,
 
     /// Most finished rollouts' records kept for duplicate inits and status
-    /// queries (about 250 bytes each); past it the oldest go first. A duplicate whose record
-    /// has gone starts a new rollout, as after the TTL.
+    /// queries (about 250 bytes each); past it the oldest go first. A
+    /// duplicate whose record has gone starts a new rollout, as after the
+    /// TTL.
     #[arg(long, env = "ROLLOUT_MAX_RECORDS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_records: u64,
 
