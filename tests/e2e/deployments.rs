@@ -549,6 +549,8 @@ async fn a_config_file_gives_each_deployment_its_own_settings() {
 /// line naming the file and the problem.
 #[test]
 fn a_bad_config_file_is_one_line_and_exit_2() {
+    // Some of these load a plugin before they fail: not beside a timed test.
+    let _serial = Serial::acquire();
     let dir = tempfile::tempdir().unwrap();
     let calc = plugin("calc");
     for (text, expected) in [

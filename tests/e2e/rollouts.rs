@@ -308,23 +308,44 @@ async fn callback_4xx_is_final_and_204_is_delivered() {
     }
 }
 
+/// A callback answered 5xx is retried; with `--delivery-deadline 0` it is
+/// given up after the retries, by default it is tried again in the
+/// background (the same callback, never a second status).
 #[tokio::test(flavor = "multi_thread")]
 async fn callback_5xx_is_retried() {
     let trainer =
         Trainer::start_with(calculator_script("add", 1.0, 1.0, "2"), 500, Duration::ZERO).await;
-    let server = Server::start("calc", &["--completion-retries", "2"]);
+    let server = Server::start(
+        "calc",
+        &["--completion-retries", "2", "--delivery-deadline", "0"],
+    );
     assert_eq!(server.init(&init_body("r-cb5", &trainer)).await.0, 202);
-    let got = trainer.wait_completions(3, Duration::from_secs(10)).await;
+    trainer.wait_completions(3, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         trainer.completions().len(),
         3,
         "first attempt and two retries"
     );
+    drop(server);
+
+    let server = Server::start(
+        "calc",
+        &["--completion-retries", "2", "--retry-max-delay", "0.1"],
+    );
+    assert_eq!(
+        server.init(&init_body("r-cb5-again", &trainer)).await.0,
+        202
+    );
+    let got = trainer
+        .wait_completions(3 + 10, Duration::from_secs(10))
+        .await;
     assert!(
         got.iter().all(|c| c.body["status"] == "COMPLETED"),
         "the same callback, never a second status"
     );
+    let (_, status) = server.get("/v1/rollout/r-cb5-again", None).await;
+    assert_eq!(status["status"], "completed");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -44,7 +44,7 @@ async fn each_limit_stops_the_guest_with_one_error_callback_naming_it() {
     );
     // (mode, expected message, most time the callback may take)
     let cases = [
-        ("spin", "exceeded its CPU budget of 1s", 2.0),
+        ("spin", "exceeded its CPU budget of 1s", 3.0),
         ("alloc", "exceeded its memory limit of 256 MiB", 2.0),
         ("recurse", "exceeded its stack limit of 512 KiB", 2.0),
         (
@@ -63,10 +63,17 @@ async fn each_limit_stops_the_guest_with_one_error_callback_naming_it() {
         assert_eq!(done["finish_reason"], "error");
         let msg = done["error_message"].as_str().unwrap();
         assert_eq!(msg, format!("plugin {label} {expected}"), "{mode}");
-        assert!(
-            took.as_secs_f64() <= within,
-            "{mode}: callback after {took:?}, limit + slack is {within}s"
-        );
+        if mode == "spin" {
+            // The budget is CPU time: a busy box stretches the wall time
+            // (up to the 3 s deadline), not the CPU the guest was given.
+            let cpu = done["metrics"]["guest_cpu_ms"].as_f64().unwrap();
+            assert!((1000.0..1500.0).contains(&cpu), "spin: {cpu} ms of CPU");
+        } else {
+            assert!(
+                took.as_secs_f64() <= within,
+                "{mode}: callback after {took:?}, limit + slack is {within}s"
+            );
+        }
         let events = std::fs::read_dir(logs.path())
             .unwrap()
             .map(|run| {
