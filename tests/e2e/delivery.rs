@@ -32,9 +32,13 @@ async fn wait_for_all(trainer: &Trainer, n: usize, timeout: Duration) -> HashMap
     callbacks_per_id(trainer)
 }
 
+/// The API key of the trainer-away test's server (/metrics needs one).
+const KEY: &str = "k3y";
+
 async fn metric(server: &Server, name: &str) -> f64 {
     let text = client()
         .get(format!("{}/metrics", server.url))
+        .bearer_auth(KEY)
         .send()
         .await
         .unwrap()
@@ -43,7 +47,7 @@ async fn metric(server: &Server, name: &str) -> f64 {
         .unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
 }
 
 /// The trainer goes away for 60 s while 1,000 rollouts are sent: the
@@ -60,6 +64,8 @@ async fn a_trainer_away_for_a_minute_gets_every_callback_once() {
             state.to_str().unwrap(),
             "--retry-max-delay",
             "1",
+            "--api-key",
+            KEY,
         ],
     );
     let total = 1000;
@@ -69,6 +75,7 @@ async fn a_trainer_away_for_a_minute_gets_every_callback_once() {
             for i in 0..total {
                 let response = client()
                     .post(format!("{url}/v1/rollout/init"))
+                    .bearer_auth(KEY)
                     .json(&init_body(&format!("away-{i}"), &trainer))
                     .send()
                     .await

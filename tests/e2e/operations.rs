@@ -6,34 +6,37 @@ use crate::harness::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-async fn post_cancel(server: &Server, path: &str, body: Value) -> (u16, Value) {
-    let response = client()
-        .post(format!("{}{path}", server.url))
-        .json(&body)
-        .send()
-        .await
-        .expect("cancel");
+/// `Authorization` of the metrics test's server (`--api-key`: /metrics is
+/// served only with a key, like /platform/health).
+const KEYED: Option<&str> = Some("Bearer k3y");
+
+async fn post_cancel(server: &Server, path: &str, body: Value, auth: Option<&str>) -> (u16, Value) {
+    let mut request = client().post(format!("{}{path}", server.url)).json(&body);
+    if let Some(auth) = auth {
+        request = request.header("authorization", auth);
+    }
+    let response = request.send().await.expect("cancel");
     let status = response.status().as_u16();
     (status, response.json().await.expect("JSON answer"))
 }
 
-async fn cancel(server: &Server, body: Value) -> Value {
-    let (status, answer) = post_cancel(server, "/v1/rollout/cancel", body).await;
+async fn cancel(server: &Server, body: Value, auth: Option<&str>) -> Value {
+    let (status, answer) = post_cancel(server, "/v1/rollout/cancel", body, auth).await;
     assert_eq!(status, 200, "{answer}");
     answer["dispositions"].clone()
 }
 
-async fn status_of(server: &Server, id: &str) -> String {
-    let (status, body) = server.get(&format!("/v1/rollout/{id}"), None).await;
+async fn status_of(server: &Server, id: &str, auth: Option<&str>) -> String {
+    let (status, body) = server.get(&format!("/v1/rollout/{id}"), auth).await;
     assert_eq!(status, 200, "{body}");
     body["status"].as_str().unwrap().to_owned()
 }
 
 /// Waits until `id`'s status is `want`.
-async fn wait_status(server: &Server, id: &str, want: &str) {
+async fn wait_status(server: &Server, id: &str, want: &str, auth: Option<&str>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let got = status_of(server, id).await;
+        let got = status_of(server, id, auth).await;
         if got == want {
             return;
         }
@@ -81,13 +84,14 @@ async fn cancel_stops_queued_and_running_rollouts_with_one_callback_each() {
     for id in ["ids-run", "ids-queued"] {
         assert_eq!(server.init(&spin(id)).await.0, 202);
     }
-    wait_status(&server, "ids-run", "running").await;
-    assert_eq!(status_of(&server, "ids-queued").await, "queued");
-    assert_eq!(status_of(&server, "never-seen").await, "unknown");
+    wait_status(&server, "ids-run", "running", None).await;
+    assert_eq!(status_of(&server, "ids-queued", None).await, "queued");
+    assert_eq!(status_of(&server, "never-seen", None).await, "unknown");
     let at = Instant::now();
     let got = cancel(
         &server,
         json!({"ids": ["ids-run", "ids-queued", "never-seen"]}),
+        None,
     )
     .await;
     assert_eq!(
@@ -99,18 +103,18 @@ async fn cancel_stops_queued_and_running_rollouts_with_one_callback_each() {
     cancelled_callback(&trainer, "ids-run", at, Duration::from_millis(500)).await;
     cancelled_callback(&trainer, "ids-queued", at, Duration::from_millis(500)).await;
     for id in ["ids-run", "ids-queued"] {
-        assert_eq!(status_of(&server, id).await, "cancelled");
+        assert_eq!(status_of(&server, id, None).await, "cancelled");
     }
-    let again = cancel(&server, json!({"ids": ["ids-run"]})).await;
+    let again = cancel(&server, json!({"ids": ["ids-run"]}), None).await;
     assert_eq!(again, json!({"ids-run": "already_finished"}));
 
     // By prefix: step-7-* go, other-* stays.
     for id in ["step-7-a", "step-7-b", "other-a"] {
         assert_eq!(server.init(&spin(id)).await.0, 202);
     }
-    wait_status(&server, "step-7-a", "running").await;
+    wait_status(&server, "step-7-a", "running", None).await;
     let at = Instant::now();
-    let got = cancel(&server, json!({"prefix": "step-7-"})).await;
+    let got = cancel(&server, json!({"prefix": "step-7-"}), None).await;
     assert_eq!(
         got,
         json!({"step-7-a": "cancelled_running", "step-7-b": "cancelled_queued"})
@@ -118,13 +122,13 @@ async fn cancel_stops_queued_and_running_rollouts_with_one_callback_each() {
     cancelled_callback(&trainer, "step-7-a", at, Duration::from_millis(500)).await;
     cancelled_callback(&trainer, "step-7-b", at, Duration::from_millis(500)).await;
     // other-a got the slot and runs.
-    wait_status(&server, "other-a", "running").await;
+    wait_status(&server, "other-a", "running", None).await;
 
     // All: the running one and one queued behind it.
     assert_eq!(server.init(&spin("other-b")).await.0, 202);
-    assert_eq!(status_of(&server, "other-b").await, "queued");
+    assert_eq!(status_of(&server, "other-b", None).await, "queued");
     let at = Instant::now();
-    let got = cancel(&server, json!({"all": true})).await;
+    let got = cancel(&server, json!({"all": true}), None).await;
     assert_eq!(
         got,
         json!({"other-a": "cancelled_running", "other-b": "cancelled_queued"})
@@ -150,7 +154,7 @@ async fn cancel_stops_queued_and_running_rollouts_with_one_callback_each() {
         json!({"ids": ["a"], "all": true}),
         json!({"all": false}),
     ] {
-        let (status, body) = post_cancel(&server, "/v1/rollout/cancel", bad).await;
+        let (status, body) = post_cancel(&server, "/v1/rollout/cancel", bad, None).await;
         assert_eq!(status, 422, "{body}");
         assert!(body["detail"].as_str().unwrap().contains("exactly one of"));
     }
@@ -164,10 +168,16 @@ async fn status_and_cancel_need_the_api_key() {
     assert_eq!(status, 401);
     let (status, body) = server.get("/v1/rollout/x", Some("Bearer k3y")).await;
     assert_eq!((status, &body["status"]), (200, &json!("unknown")));
-    let (status, _) = post_cancel(&server, "/v1/rollout/cancel", json!({"all": true})).await;
+    let (status, _) = post_cancel(&server, "/v1/rollout/cancel", json!({"all": true}), None).await;
     assert_eq!(status, 401);
+    // /metrics: the /platform/health rule (401 without the key, 404 on a
+    // server without one).
     let (status, _) = server.get("/metrics", None).await;
     assert_eq!(status, 401);
+    drop(server);
+    let server = Server::start("calc", &[]);
+    let (status, _) = server.get("/metrics", None).await;
+    assert_eq!(status, 404);
 }
 
 /// One sample's value: a counter, gauge or untyped sample of `name` whose
@@ -192,6 +202,7 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
 async fn scrape(server: &Server) -> prometheus_parse::Scrape {
     let response = client()
         .get(format!("{}/metrics", server.url))
+        .header("authorization", KEYED.unwrap())
         .send()
         .await
         .unwrap();
@@ -216,6 +227,8 @@ async fn metrics_count_what_the_server_did() {
             "0.3",
             "--max-memory-mib",
             "32",
+            "--api-key",
+            "k3y",
         ],
     );
     // 6 completed (and one duplicate init of the first: a 202, not a new
@@ -223,13 +236,22 @@ async fn metrics_count_what_the_server_did() {
     // (Three at a time: the deployment holds four.)
     for batch in [["ok-0", "ok-1", "ok-2"], ["ok-3", "ok-4", "ok-5"]] {
         for id in batch {
-            assert_eq!(server.init(&init_body(id, &trainer)).await.0, 202);
+            assert_eq!(
+                server.init_with(&init_body(id, &trainer), KEYED).await.0,
+                202
+            );
         }
         for id in batch {
             assert_eq!(trainer.single_completion(id).await["status"], "COMPLETED");
         }
     }
-    assert_eq!(server.init(&init_body("ok-0", &trainer)).await.0, 202);
+    assert_eq!(
+        server
+            .init_with(&init_body("ok-0", &trainer), KEYED)
+            .await
+            .0,
+        202
+    );
     for (id, mode) in [
         ("cpu-1", "spin"),
         ("cpu-2", "spin"),
@@ -237,7 +259,10 @@ async fn metrics_count_what_the_server_did() {
         ("mem-2", "alloc"),
     ] {
         assert_eq!(
-            server.init(&misbehave_body(id, &trainer, mode)).await.0,
+            server
+                .init_with(&misbehave_body(id, &trainer, mode), KEYED)
+                .await
+                .0,
             202
         );
     }
@@ -249,14 +274,17 @@ async fn metrics_count_what_the_server_did() {
     for i in 0..4 {
         let id = format!("sleep-{i}");
         assert_eq!(
-            server.init(&misbehave_body(&id, &trainer, "sleep")).await.0,
+            server
+                .init_with(&misbehave_body(&id, &trainer, "sleep"), KEYED)
+                .await
+                .0,
             202
         );
     }
     let mut refused = 0;
     for i in 0..3 {
         let (status, _) = server
-            .init(&init_body(&format!("full-{i}"), &trainer))
+            .init_with(&init_body(&format!("full-{i}"), &trainer), KEYED)
             .await;
         assert_eq!(status, 429);
         refused += 1;
@@ -266,14 +294,14 @@ async fn metrics_count_what_the_server_did() {
     assert_eq!(sample(&metrics, "rollout_host_rollouts_running", &[d]), 4.0);
     assert_eq!(sample(&metrics, "rollout_host_rollouts_queued", &[d]), 0.0);
     assert_eq!(
-        cancel(&server, json!({"ids": ["sleep-0"]})).await,
+        cancel(&server, json!({"ids": ["sleep-0"]}), KEYED).await,
         json!({"sleep-0": "cancelled_running"})
     );
     assert_eq!(
         trainer.single_completion("sleep-0").await["status"],
         "ERROR"
     );
-    wait_status(&server, "sleep-0", "cancelled").await;
+    wait_status(&server, "sleep-0", "cancelled", KEYED).await;
 
     let metrics = scrape(&server).await;
     let count = |name: &str, labels: &[(&str, &str)]| sample(&metrics, name, labels);

@@ -83,12 +83,11 @@ fn body(d: &Deployment) -> Response {
     .into_response()
 }
 
-/// `GET /metrics`: behind the server's `--api-key` when it has one.
+/// `GET /metrics`: the same rule as `/platform/health`, with the server's
+/// `--api-key` (404 without one, 401 without it).
 pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Some(key) = &app.config.defaults.api_key
-        && !auth::authorized(key, &headers)
-    {
-        return json_error(StatusCode::UNAUTHORIZED, "Invalid or missing API key");
+    if let Some(refusal) = auth::gate(app.config.defaults.api_key.as_deref(), &headers, "API key") {
+        return refusal;
     }
     let now: Vec<(String, usize, usize)> = app
         .deployments()
