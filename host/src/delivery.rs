@@ -54,6 +54,12 @@ impl Deliveries {
         self.journal.as_ref()
     }
 
+    /// The unix time (seconds) until which a callback failing now is
+    /// redelivered.
+    pub fn deadline_from_now(&self) -> u64 {
+        unix_now().saturating_add(self.deadline.as_secs())
+    }
+
     /// Callbacks waiting for redelivery.
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
@@ -84,7 +90,7 @@ impl Deliveries {
                 false
             }
             Err(e) => {
-                let until = unix_now() + self.deadline.as_secs();
+                let until = self.deadline_from_now();
                 tracing::warn!(
                     error = %e,
                     deadline = ?self.deadline,

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 /// deployment NUL idempotency key -> [`Stored`] as JSON.
 const ROLLOUTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rollouts");
 /// sha256 of an init answer's fields (hex, 32 digits) -> the fields.
-const ANSWERS: TableDefinition<&str, &str> = TableDefinition::new("answers");
+const ANSWERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("answers");
 /// The same key -> [`Pending`] as JSON: a callback that waits for
 /// redelivery.
 const CALLBACKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("callbacks");
@@ -293,7 +293,7 @@ fn read_all(db: &Database) -> Result<(Vec<Entry>, HashSet<String>), String> {
     {
         let mut table = txn.open_table(ANSWERS).map_err(|e| e.to_string())?;
         table
-            .retain(|hash, _| kept.contains(hash))
+            .retain(|hash, _| std::str::from_utf8(hash).is_ok_and(|h| kept.contains(h)))
             .map_err(|e| e.to_string())?;
     }
     txn.commit().map_err(|e| e.to_string())?;
@@ -301,25 +301,43 @@ fn read_all(db: &Database) -> Result<(Vec<Entry>, HashSet<String>), String> {
 }
 
 fn read_answers(db: &Database) -> Result<HashMap<String, Arc<String>>, String> {
-    let read = db.begin_read().map_err(|e| e.to_string())?;
-    let table = match read.open_table(ANSWERS) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
-        Err(e) => return Err(e.to_string()),
-    };
-    let mut answers = HashMap::new();
-    for row in table.iter().map_err(|e| e.to_string())? {
-        let (hash, fields) = row.map_err(|e| e.to_string())?;
-        answers.insert(hash.value().to_owned(), Arc::new(fields.value().to_owned()));
-    }
-    Ok(answers)
+    Ok(read_rows(db, ANSWERS)?
+        .into_iter()
+        .filter_map(|(hash, fields)| {
+            Some((
+                String::from_utf8(hash).ok()?,
+                Arc::new(String::from_utf8(fields).ok()?),
+            ))
+        })
+        .collect())
 }
 
-/// Every readable row of `table` (none when it was never made).
+/// Every row of `table` whose value is readable JSON.
 fn read_table<T: serde::de::DeserializeOwned>(
     db: &Database,
     table: TableDefinition<&[u8], &[u8]>,
 ) -> Result<Vec<(Vec<u8>, T)>, String> {
+    Ok(read_rows(db, table)?
+        .into_iter()
+        .filter_map(|(key, value)| match serde_json::from_slice::<T>(&value) {
+            Ok(parsed) => Some((key, parsed)),
+            Err(e) => {
+                tracing::error!(
+                    key = %String::from_utf8_lossy(&key),
+                    error = %e,
+                    "unreadable journal entry skipped"
+                );
+                None
+            }
+        })
+        .collect())
+}
+
+/// A row: its key and value bytes.
+type Row = (Vec<u8>, Vec<u8>);
+
+/// Every row of `table` (none when it was never made).
+fn read_rows(db: &Database, table: TableDefinition<&[u8], &[u8]>) -> Result<Vec<Row>, String> {
     let read = db.begin_read().map_err(|e| e.to_string())?;
     let table = match read.open_table(table) {
         Ok(table) => table,
@@ -329,14 +347,7 @@ fn read_table<T: serde::de::DeserializeOwned>(
     let mut rows = Vec::new();
     for row in table.iter().map_err(|e| e.to_string())? {
         let (key, value) = row.map_err(|e| e.to_string())?;
-        match serde_json::from_slice::<T>(value.value()) {
-            Ok(parsed) => rows.push((key.value().to_vec(), parsed)),
-            Err(e) => tracing::error!(
-                key = %String::from_utf8_lossy(key.value()),
-                error = %e,
-                "unreadable journal entry skipped"
-            ),
-        }
+        rows.push((key.value().to_vec(), value.value().to_vec()));
     }
     Ok(rows)
 }
@@ -399,7 +410,7 @@ fn commit(
             match &write.op {
                 Op::Put(key, value, hash, fields) => {
                     if !answers.contains(hash) && !new_answers.contains(hash) {
-                        answer_table.insert(hash.as_str(), fields.as_str())?;
+                        answer_table.insert(hash.as_bytes(), fields.as_bytes())?;
                         new_answers.push(hash.clone());
                     }
                     rollouts.insert(key.as_slice(), value.as_slice())?;

@@ -13,15 +13,26 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "admin-s3cret";
 
 async fn init_at(server: &Server, deployment: &str, body: &Value) -> (u16, Value) {
-    let response = client()
+    init_at_with(server, deployment, body, None).await
+}
+
+/// An init for `deployment`, with `key` as its bearer token if given.
+async fn init_at_with(
+    server: &Server,
+    deployment: &str,
+    body: &Value,
+    key: Option<&str>,
+) -> (u16, Value) {
+    let mut request = client()
         .post(format!(
             "{}/deployments/{deployment}/v1/rollout/init",
             server.url
         ))
-        .json(body)
-        .send()
-        .await
-        .expect("init");
+        .json(body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.expect("init");
     let status = response.status().as_u16();
     (status, response.json().await.expect("JSON answer"))
 }
@@ -470,27 +481,28 @@ async fn a_config_file_gives_each_deployment_its_own_settings() {
         ],
         command,
     );
-    let init_b = |body: Value, key: Option<&'static str>| {
-        let url = format!("{}/deployments/b/v1/rollout/init", server.url);
-        async move {
-            let mut request = client().post(url).json(&body);
-            if let Some(key) = key {
-                request = request.bearer_auth(key);
-            }
-            let response = request.send().await.unwrap();
-            let status = response.status().as_u16();
-            (status, response.json::<Value>().await.unwrap())
-        }
-    };
     // b's key, not the server's (there is none): 401 without it.
-    let (status, body) = init_b(misbehave_body("b-spin", &trainer, "spin"), None).await;
+    let (status, body) = init_at_with(
+        &server,
+        "b",
+        &misbehave_body("b-spin", &trainer, "spin"),
+        None,
+    )
+    .await;
     assert_eq!(status, 401, "{body}");
     let started = Instant::now();
-    let (status, body) = init_b(misbehave_body("b-spin", &trainer, "spin"), Some("b-key")).await;
+    let (status, body) = init_at_with(
+        &server,
+        "b",
+        &misbehave_body("b-spin", &trainer, "spin"),
+        Some("b-key"),
+    )
+    .await;
     assert_eq!(status, 202, "{body}");
     // b holds one rollout: the second is 429, while the default deployment
     // (the flags: 100 at once, no key) takes three.
-    let (status, body) = init_b(init_body("b-full", &trainer), Some("b-key")).await;
+    let (status, body) =
+        init_at_with(&server, "b", &init_body("b-full", &trainer), Some("b-key")).await;
     assert_eq!(status, 429, "{body}");
     for id in ["d-1", "d-2", "d-3"] {
         let (status, body) = server.init(&init_body(id, &trainer)).await;

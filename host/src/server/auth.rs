@@ -22,6 +22,14 @@ pub fn gate(expected: Option<&str>, headers: &HeaderMap, what: &str) -> Option<R
     }
 }
 
+/// The 401 of a request without `expected`, when there is a key to
+/// expect (init, rollout status and cancel).
+pub fn require(expected: Option<&str>, headers: &HeaderMap) -> Option<Response> {
+    let key = expected?;
+    (!authorized(key, headers))
+        .then(|| json_error(StatusCode::UNAUTHORIZED, "Invalid or missing API key"))
+}
+
 pub fn authorized(expected: &str, headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(AUTHORIZATION).map(|v| v.as_bytes()) else {
         return false;

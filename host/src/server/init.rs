@@ -68,10 +68,8 @@ async fn answer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Some(key) = &deployment.api_key
-        && !auth::authorized(key, &headers)
-    {
-        return json_error(StatusCode::UNAUTHORIZED, "Invalid or missing API key");
+    if let Some(refusal) = auth::require(deployment.api_key.as_deref(), &headers) {
+        return refusal;
     }
     let bytes = match axum::body::to_bytes(body, app.max_body_bytes).await {
         Ok(b) => b,

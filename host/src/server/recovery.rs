@@ -12,7 +12,6 @@ use crate::journal::Entry;
 use crate::live::{Progress, Status};
 use crate::protocol::{RolloutResponse, RolloutStatus};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const LOST: &str = "rollout-host restarted: the rollout was lost";
 
@@ -21,12 +20,7 @@ pub fn recover(app: &Arc<App>, left: Vec<Entry>) {
         return;
     }
     let (mut lost, mut pending) = (0, 0);
-    let until = SystemTime::now()
-        .checked_add(app.config.delivery_deadline)
-        .unwrap_or(SystemTime::now())
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
+    let until = app.deliveries.deadline_from_now();
     for entry in left {
         let Ok(url) = reqwest::Url::parse(&entry.callback_url) else {
             tracing::error!(rollout_id = %entry.rollout_id, url = %entry.callback_url, "journal entry with a bad callback URL dropped");

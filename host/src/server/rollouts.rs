@@ -66,18 +66,11 @@ fn no_default() -> Response {
     )
 }
 
-/// The 401 of a request without the deployment's key, if it has one.
-fn refused(deployment: &Deployment, headers: &HeaderMap) -> Option<Response> {
-    let key = deployment.api_key.as_deref()?;
-    (!auth::authorized(key, headers))
-        .then(|| json_error(StatusCode::UNAUTHORIZED, "Invalid or missing API key"))
-}
-
 /// `{rollout_id, status, reward?, deployment}`: live rollouts from the
 /// live list, finished ones from their idempotency record (for the record
 /// TTL), else `unknown`.
 fn status(deployment: &Deployment, id: &str, headers: &HeaderMap) -> Response {
-    if let Some(refusal) = refused(deployment, headers) {
+    if let Some(refusal) = auth::require(deployment.api_key.as_deref(), headers) {
         return refusal;
     }
     let progress = deployment
@@ -100,7 +93,7 @@ fn status(deployment: &Deployment, id: &str, headers: &HeaderMap) -> Response {
 }
 
 async fn cancel(app: &App, deployment: &Deployment, headers: &HeaderMap, body: Body) -> Response {
-    if let Some(refusal) = refused(deployment, headers) {
+    if let Some(refusal) = auth::require(deployment.api_key.as_deref(), headers) {
         return refusal;
     }
     let Ok(bytes) = axum::body::to_bytes(body, app.max_body_bytes).await else {
