@@ -2,7 +2,7 @@
 
 use crate::config_file::{self, ConfigError, DeploymentSettings, DeploymentSpec};
 use crate::runtime::{AllocatorChoice, CompileCache, Limits};
-use crate::server::ServerConfig;
+use crate::server::{RedisSettings, ServerConfig};
 use crate::trainer::RetryPolicy;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::{IpAddr, SocketAddr};
@@ -169,6 +169,35 @@ pub struct ServeArgs {
     /// pending. Off when unset.
     #[arg(long, env = "ROLLOUT_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+
+    /// Share idempotency keys, rollout status and /health totals with the
+    /// other replicas behind the same address through this Redis
+    /// (`redis://[:PASSWORD@]HOST:PORT[/DB]`): a retried init that reaches
+    /// another replica gets the first answer and starts nothing. Without
+    /// it, each process keeps its own (one replica only).
+    #[arg(
+        long,
+        env = "ROLLOUT_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub redis: Option<String>,
+
+    /// What this server's Redis keys start with (several clusters may
+    /// share one Redis under different prefixes).
+    #[arg(
+        long,
+        env = "ROLLOUT_REDIS_PREFIX",
+        default_value = "rollout-host",
+        value_name = "PREFIX"
+    )]
+    pub redis_prefix: String,
+
+    /// This replica's name among the others (in /health, status lookups
+    /// and the `x-rollout-host-replica` response header); default
+    /// HOSTNAME-PID.
+    #[arg(long, env = "ROLLOUT_REPLICA_ID", value_name = "NAME")]
+    pub replica_id: Option<String>,
 
     #[command(flatten)]
     pub chat: ChatArgs,
@@ -495,6 +524,14 @@ impl ServeArgs {
             bind: SocketAddr::new(self.host, self.port),
             debug_dir: self.log_dir.clone(),
             state_dir: self.state_dir.clone(),
+            redis: self.redis.clone().map(|url| RedisSettings {
+                url,
+                prefix: self.redis_prefix.clone(),
+                replica: self
+                    .replica_id
+                    .clone()
+                    .unwrap_or_else(crate::cluster::default_replica_id),
+            }),
             delivery_deadline: self.delivery_deadline,
             record_ttl: self.record_ttl,
             max_records: usize::try_from(self.max_records).unwrap_or(usize::MAX),

@@ -318,8 +318,14 @@ impl Ticket {
     }
 
     /// Refused: the key is forgotten, waiters get the same refusal.
-    pub fn fail(mut self, status: u16, body: Bytes) {
-        self.settle(InitOutcome::Failed { status, body }, None);
+    pub fn fail(self, status: u16, body: Bytes) {
+        self.pass_on(InitOutcome::Failed { status, body });
+    }
+
+    /// Answered elsewhere (another replica runs the rollout): waiters get
+    /// `outcome`, and the key is forgotten here.
+    pub fn pass_on(mut self, outcome: InitOutcome) {
+        self.settle(outcome, None);
     }
 
     /// Ends the pending claim: the key is `accepted` with that answer, or

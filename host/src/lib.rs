@@ -5,6 +5,7 @@
 //! - [`protocol`]: the v1 wire format (init validation, response bodies);
 //! - [`server`]: the HTTP endpoints, auth and admission;
 //! - [`idempotency`]: duplicate inits share one answer and one run;
+//! - [`cluster`]: `--redis`, replicas sharing idempotency, status and counts;
 //! - [`journal`]: `--state-dir`, rollouts not yet called back, on disk;
 //! - [`delivery`]: a callback delivered, again later if the trainer is away;
 //! - [`live`]: rollouts in flight by id: their status and cancel switch;
@@ -23,6 +24,7 @@
 
 pub mod allocator;
 pub mod cli;
+pub mod cluster;
 pub mod config_file;
 pub mod debug_log;
 pub mod delivery;

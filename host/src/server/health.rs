@@ -5,6 +5,7 @@
 
 use super::init::no_such_deployment;
 use super::{App, Deployment, auth, json_error};
+use crate::cluster::Counts;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -14,18 +15,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 pub async fn health_default(State(app): State<Arc<App>>) -> Response {
-    default_body(&app)
+    default_body(&app).await
 }
 
 pub async fn platform_health_default(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     match app.default_deployment() {
-        Some(deployment) => platform(&deployment, &headers),
-        None => default_body(&app),
+        Some(deployment) => platform(&app, &deployment, &headers).await,
+        None => default_body(&app).await,
     }
 }
 
 pub async fn health(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
-    named_body(&app, &name)
+    named_body(&app, &name).await
 }
 
 pub async fn platform_health(
@@ -34,21 +35,23 @@ pub async fn platform_health(
     headers: HeaderMap,
 ) -> Response {
     match app.deployment(&name) {
-        Some(deployment) => platform(&deployment, &headers),
+        Some(deployment) => platform(&app, &deployment, &headers).await,
         None => no_such_deployment(&name),
     }
 }
 
 /// `/platform/health`: the deployment's health behind its API key (404
 /// without one).
-fn platform(deployment: &Deployment, headers: &HeaderMap) -> Response {
-    auth::gate(deployment.api_key.as_deref(), headers, "API key")
-        .unwrap_or_else(|| body(deployment))
+async fn platform(app: &App, deployment: &Deployment, headers: &HeaderMap) -> Response {
+    match auth::gate(deployment.api_key.as_deref(), headers, "API key") {
+        Some(refusal) => refusal,
+        None => body(app, deployment).await,
+    }
 }
 
-fn default_body(app: &App) -> Response {
+async fn default_body(app: &App) -> Response {
     match app.default_deployment() {
-        Some(deployment) => body(&deployment),
+        Some(deployment) => body(app, &deployment).await,
         None => json_error(
             StatusCode::NOT_FOUND,
             "no default deployment: see /deployments/NAME/health",
@@ -56,20 +59,45 @@ fn default_body(app: &App) -> Response {
     }
 }
 
-fn named_body(app: &App, name: &str) -> Response {
+async fn named_body(app: &App, name: &str) -> Response {
     match app.deployment(name) {
-        Some(deployment) => body(&deployment),
+        Some(deployment) => body(app, &deployment).await,
         None => no_such_deployment(name),
     }
 }
 
-fn body(d: &Deployment) -> Response {
+/// The deployment's health. With `--redis`, `active_rollouts` and
+/// `completed_rollouts` are totals over the replicas (the others' as of
+/// their last beat) and `replica` has this one's own.
+async fn body(app: &App, d: &Deployment) -> Response {
     let version = d.plugin.current();
-    Json(json!({
+    let own = Counts {
+        active: d.places.taken() as u64,
+        completed: d.stats.completed.load(Ordering::Relaxed),
+    };
+    let mut totals = own;
+    let mut cluster = None;
+    if let Some(c) = &app.cluster {
+        let mut about = json!({
+            "replica": c.replica(),
+            "active_rollouts": own.active,
+            "completed_rollouts": own.completed,
+        });
+        match c.others(&d.name).await {
+            Ok(others) => {
+                totals.active += others.counts.active;
+                totals.completed += others.counts.completed;
+                about["replicas"] = json!(others.replicas + 1);
+            }
+            Err(e) => about["redis"] = json!(format!("unreachable: {e}")),
+        }
+        cluster = Some(about);
+    }
+    let mut body = json!({
         "status": "healthy",
         "agent_loop": version.name(),
-        "active_rollouts": d.places.taken(),
-        "completed_rollouts": d.stats.completed.load(Ordering::Relaxed),
+        "active_rollouts": totals.active,
+        "completed_rollouts": totals.completed,
         "records": d.idempotency.len(),
         "deployment": &*d.name,
         "build": version.build,
@@ -79,8 +107,11 @@ fn body(d: &Deployment) -> Response {
             "machine_holds": d.machine.instances,
             "bound": d.machine.bound.name(),
         },
-    }))
-    .into_response()
+    });
+    if let Some(cluster) = cluster {
+        body["cluster"] = cluster;
+    }
+    Json(body).into_response()
 }
 
 /// `GET /metrics`: the same rule as `/platform/health`, with the server's

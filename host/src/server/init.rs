@@ -3,6 +3,7 @@
 //! the run in the background and 202.
 
 use super::{App, Deployment, auth, json_error};
+use crate::cluster::{Claimed, Lease};
 use crate::fault;
 use crate::idempotency::{self, Claim, InitAnswer, InitOutcome, Ticket};
 use crate::journal::Entry;
@@ -17,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The default deployment's init (the root route).
 pub async fn init_default(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
@@ -137,14 +138,39 @@ fn error_body(message: &str) -> Bytes {
     Bytes::from(json!({ "detail": message }).to_string())
 }
 
-/// First request for its key: admit, instantiate, get tools, start the run.
+/// First request for its key here: claim it across replicas (with
+/// `--redis`), admit, instantiate, get tools, start the run.
 async fn accept(
     app: Arc<App>,
     deployment: Arc<Deployment>,
     request: RolloutRequest,
     ticket: Ticket,
 ) -> InitOutcome {
-    match admit_and_start(&app, deployment, request, ticket).await {
+    let lease = match &app.cluster {
+        None => None,
+        Some(cluster) => match cluster
+            .claim(&deployment.name, request.idempotency_key())
+            .await
+        {
+            Ok(Claimed::Ours(lease)) => Some(lease),
+            Ok(Claimed::Answered(body)) => {
+                tracing::debug!(rollout_id = %request.rollout_id, "duplicate init: another replica runs it");
+                let outcome = InitOutcome::Accepted(body);
+                ticket.pass_on(outcome.clone());
+                return outcome;
+            }
+            Err(e) => {
+                tracing::warn!(rollout_id = %request.rollout_id, error = %e, "init refused: no claim across replicas");
+                let (status, body) = refusal(
+                    503,
+                    &format!("rollout-host cannot claim the rollout across replicas: {e}"),
+                );
+                ticket.fail(status, body.clone());
+                return InitOutcome::Failed { status, body };
+            }
+        },
+    };
+    match admit_and_start(&app, deployment, request, ticket, lease).await {
         Ok(body) => InitOutcome::Accepted(body),
         Err((status, body)) => InitOutcome::Failed { status, body },
     }
@@ -164,23 +190,20 @@ async fn admit_and_start(
     deployment: Arc<Deployment>,
     request: RolloutRequest,
     ticket: Ticket,
+    lease: Option<Lease>,
 ) -> Result<Bytes, Refusal> {
     let started = Instant::now();
-    match prepare(app, deployment, request).await {
+    let prepared = async {
+        let (answer, accepted) = prepare(app, deployment, request).await?;
+        if app.deliveries.journal().is_some() || lease.is_some() {
+            let entry = journal_entry(&answer, &accepted);
+            let run_for = accepted.deployment.limits.wall_clock;
+            keep(app, &answer, entry, run_for, lease).await?;
+        }
+        Ok((answer, accepted))
+    };
+    match prepared.await {
         Ok((answer, accepted)) => {
-            // On disk before the trainer hears of it: a crash from here on
-            // still ends in a callback.
-            if let Some(journal) = app.deliveries.journal()
-                && let Err(e) = journal.put(&journal_entry(&answer, &accepted)).await
-            {
-                tracing::error!(error = %e, "init refused: the journal cannot be written");
-                let refused = refusal(
-                    503,
-                    &format!("rollout-host cannot journal the rollout ({e}); retry later"),
-                );
-                ticket.fail(refused.0, refused.1.clone());
-                return Err(refused);
-            }
             let (body, finished) = ticket.accept(&answer);
             tracing::debug!(rollout_id = %answer.rollout_id, "rollout accepted");
             accepted.deployment.metrics.accepted(started.elapsed());
@@ -193,6 +216,51 @@ async fn admit_and_start(
             Err((status, body))
         }
     }
+}
+
+/// Keeps the accepted rollout where a restart and the other replicas find
+/// it, before the trainer hears of it: in the journal (a crash from here on
+/// still ends in a callback), then in Redis (a duplicate on another replica
+/// gets this answer).
+/// `run_for` is the rollout's wall-clock limit.
+async fn keep(
+    app: &App,
+    answer: &InitAnswer,
+    entry: Entry,
+    run_for: Duration,
+    lease: Option<Lease>,
+) -> Result<(), Refusal> {
+    let journal = app.deliveries.journal();
+    if let Some(journal) = journal
+        && let Err(e) = journal.put(&entry).await
+    {
+        tracing::error!(error = %e, "init refused: the journal cannot be written");
+        return Err(refusal(
+            503,
+            &format!("rollout-host cannot journal the rollout ({e}); retry later"),
+        ));
+    }
+    if let Some(lease) = lease {
+        // Kept while the rollout may run and be delivered, then the record
+        // TTL; its end shortens it to the TTL.
+        let ttl = run_for + app.config.delivery_deadline + app.config.record_ttl;
+        if let Err(e) = lease
+            .accept(&entry.deployment, &answer.rollout_id, &answer.body(), ttl)
+            .await
+        {
+            tracing::warn!(error = %e, "init refused: the answer cannot be shared with the other replicas");
+            if let Some(journal) = journal {
+                journal.remove(&entry.deployment, &entry.key);
+            }
+            return Err(refusal(
+                503,
+                &format!(
+                    "rollout-host cannot share the rollout with the other replicas ({e}); retry later"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What the journal keeps of an accepted rollout.

@@ -13,6 +13,7 @@ pub use deployment::{Deployment, valid_name};
 pub use swap::{BUILD_KEY, Running};
 
 use crate::allocator;
+use crate::cluster::{self, Cluster, Counts};
 use crate::config_file::{DeploymentSettings, DeploymentSpec};
 use crate::debug_log::DebugLog;
 use crate::delivery::Deliveries;
@@ -23,7 +24,7 @@ use crate::runtime::{AllocatorChoice, CompileCache};
 use crate::trainer::{ChatDialect, RetryPolicy, TrainerClient, TrainerDialect};
 use axum::Router;
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -32,7 +33,7 @@ use futures_util::FutureExt;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     pub debug_dir: Option<PathBuf>,
     /// Where the delivery journal is kept; `None`: no journal.
     pub state_dir: Option<PathBuf>,
+    /// The Redis replicas share state through; `None`: one replica.
+    pub redis: Option<RedisSettings>,
     /// How long an undelivered callback is tried again.
     pub delivery_deadline: Duration,
     /// How long a finished rollout's init answer is kept for duplicates.
@@ -76,6 +79,14 @@ pub struct ServerConfig {
     /// How long shutdown waits for running rollouts before ending them with
     /// an ERROR callback.
     pub shutdown_grace: Duration,
+}
+
+/// `--redis`, `--redis-prefix` and `--replica-id`.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+    pub replica: String,
 }
 
 impl ServerConfig {
@@ -111,6 +122,8 @@ pub enum ServerError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
     #[error("cannot create the HTTP client: {0}")]
     Client(String),
@@ -137,6 +150,8 @@ pub struct App {
     pub compile_cache: Option<CompileCache>,
     pub metrics: Arc<Metrics>,
     pub trainer: TrainerClient,
+    /// The state shared with other replicas (`--redis`).
+    pub cluster: Option<Arc<Cluster>>,
     /// Completion callbacks, redelivered when the trainer is away.
     pub deliveries: Arc<Deliveries>,
     /// How chat requests to the trainer are written (shared by every rollout).
@@ -309,8 +324,17 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         journal,
         config.delivery_deadline,
     ));
+    let cluster = match &config.redis {
+        Some(redis) => {
+            let cluster = Cluster::connect(&redis.url, &redis.prefix, &redis.replica)?;
+            tracing::info!(replica = %redis.replica, prefix = %redis.prefix, "sharing state with other replicas through Redis");
+            Some(Arc::new(cluster))
+        }
+        None => None,
+    };
     let app = Arc::new(App {
         deployments: RwLock::new(deployments),
+        cluster,
         changing: tokio::sync::Mutex::new(()),
         compile_cache,
         metrics,
@@ -344,6 +368,10 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         tokio::spawn(allocator::heartbeat()),
         app.guests.spawn(allocator::heartbeat()),
     ];
+    let beats = app
+        .cluster
+        .is_some()
+        .then(|| tokio::spawn(beat(app.clone())));
     let mut reloads = vec![tokio::spawn(swap::reload_on_hangup(app.clone(), hangups))];
     if config.reload {
         reloads.push(tokio::spawn(swap::reload_on_change(
@@ -365,6 +393,14 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     heartbeats.iter().for_each(|h| h.abort());
     reloads.iter().for_each(|r| r.abort());
     drain(&app, config.shutdown_grace).await;
+    if let Some(beats) = beats {
+        beats.abort();
+    }
+    if let Some(cluster) = &app.cluster
+        && let Err(e) = cluster.leave().await
+    {
+        tracing::warn!(error = %e, "cannot take this replica's counts out of Redis; they expire");
+    }
     app.deliveries.stop();
     if let Some(journal) = app.deliveries.journal()
         && let Err(e) = journal.sync().await
@@ -375,7 +411,11 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
 }
 
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    let replica = app
+        .cluster
+        .as_ref()
+        .and_then(|c| HeaderValue::from_str(c.replica()).ok());
+    let router = Router::new()
         .route("/v1/rollout/init", post(init::init_default))
         .route("/health", get(health::health_default))
         .route("/platform/health", get(health::platform_health_default))
@@ -405,8 +445,60 @@ pub fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(|| async {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
         })
-        .layer(axum::middleware::from_fn(answer_panics))
-        .with_state(app)
+        .layer(axum::middleware::from_fn(answer_panics));
+    let router = match replica {
+        // Which replica answered, for whoever debugs a balancer.
+        Some(replica) => router.layer(axum::middleware::map_response(
+            move |mut response: Response| {
+                let replica = replica.clone();
+                async move {
+                    response.headers_mut().insert(REPLICA_HEADER, replica);
+                    response
+                }
+            },
+        )),
+        None => router,
+    };
+    router.with_state(app)
+}
+
+/// The response header naming the replica that answered (with `--redis`).
+pub const REPLICA_HEADER: &str = "x-rollout-host-replica";
+
+/// Publishes this replica's counts to the other replicas (`/health`
+/// totals) every [`cluster::BEAT_EVERY`].
+async fn beat(app: Arc<App>) {
+    let Some(cluster) = app.cluster.clone() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(cluster::BEAT_EVERY);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let counts = app
+            .deployments()
+            .iter()
+            .map(|d| {
+                let counts = Counts {
+                    active: d.places.taken() as u64,
+                    completed: d.stats.completed.load(Ordering::Relaxed),
+                };
+                (d.name.to_string(), counts)
+            })
+            .collect();
+        match cluster.beat(&counts).await {
+            Ok(()) if failing => {
+                tracing::info!("Redis is reachable again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "Redis is unreachable: inits are refused with 503 until it is back");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// A handler that panics answers 500 with a JSON body (instead of a

@@ -5,7 +5,8 @@
 
 use super::init::no_such_deployment;
 use super::{App, Deployment, auth, json_error};
-use crate::live::{Progress, Selection};
+use crate::cluster::SharedStatus;
+use crate::live::{Progress, Selection, Status};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -20,7 +21,7 @@ pub async fn status_default(
     headers: HeaderMap,
 ) -> Response {
     match app.default_deployment() {
-        Some(deployment) => status(&deployment, &id, &headers),
+        Some(deployment) => status(&app, &deployment, &id, &headers).await,
         None => no_default(),
     }
 }
@@ -31,7 +32,7 @@ pub async fn status_named(
     headers: HeaderMap,
 ) -> Response {
     match app.deployment(&name) {
-        Some(deployment) => status(&deployment, &id, &headers),
+        Some(deployment) => status(&app, &deployment, &id, &headers).await,
         None => no_such_deployment(&name),
     }
 }
@@ -68,20 +69,51 @@ fn no_default() -> Response {
 
 /// `{rollout_id, status, reward?, deployment}`: live rollouts from the
 /// live list, finished ones from their idempotency record (for the record
-/// TTL), else `unknown`.
-fn status(deployment: &Deployment, id: &str, headers: &HeaderMap) -> Response {
+/// TTL), else (with `--redis`) as the other replicas recorded it, else
+/// `unknown`.
+async fn status(app: &App, deployment: &Deployment, id: &str, headers: &HeaderMap) -> Response {
     if let Some(refusal) = auth::require(deployment.api_key.as_deref(), headers) {
         return refusal;
     }
-    let progress = deployment
+    let mut progress = deployment
         .live
         .progress(id)
         .or_else(|| deployment.idempotency.ended(id));
+    let mut replica = None;
+    if progress.is_none()
+        && let Some(cluster) = &app.cluster
+    {
+        match cluster.status(&deployment.name, id).await {
+            Ok(None) => {}
+            Ok(Some(SharedStatus::Ended(ended))) => progress = Some(ended),
+            Ok(Some(SharedStatus::Running { replica: on, alive })) => {
+                // Queued or running there; a replica that stopped beating
+                // (killed) cannot say how it ended.
+                progress = alive.then_some(Progress {
+                    status: Status::Running,
+                    reward: None,
+                });
+                replica = Some((on, alive));
+            }
+            Err(e) => {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("cannot ask the other replicas: {e}"),
+                );
+            }
+        }
+    }
     let mut body = json!({
         "rollout_id": id,
         "status": progress.map_or("unknown", |p| p.status.as_str()),
         "deployment": &*deployment.name,
     });
+    if let Some((on, alive)) = replica {
+        body["replica"] = json!(on);
+        if !alive {
+            body["detail"] = json!(format!("replica {on} accepted it and has stopped"));
+        }
+    }
     if let Some(Progress {
         reward: Some(reward),
         ..

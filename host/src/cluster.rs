@@ -1,0 +1,477 @@
+//! Scale-out (`--redis URL`): replicas behind one address share, through
+//! Redis, what one process keeps in memory alone: which replica runs an
+//! idempotency key (so a retried init that reaches another replica starts
+//! nothing and gets the first answer byte for byte), each rollout's status,
+//! and each replica's counts (for `/health` totals).
+//!
+//! Keys, under the prefix (`--redis-prefix`, default `rollout-host`):
+//! - `P:D:init:KEY`: `P<token>` while the replica holding the claim computes
+//!   the answer (expires after [`CLAIM_TTL`] unless renewed, so a replica
+//!   that dies releases it), then `A<answer>` while the rollout runs and for
+//!   the record TTL after it ended.
+//! - `P:D:status:ID`: `R<replica>` while it runs, then its final status.
+//! - `P:replica:R`: a replica's counts, renewed every [`BEAT_EVERY`]; gone
+//!   after [`BEAT_TTL`] when the replica is. `P:replicas` lists them.
+//!
+//! Redis unreachable: inits are refused with 503 (the trainer retries), so
+//! no key is run twice; running rollouts go on and call back; their final
+//! status is not recorded in Redis.
+
+use crate::live::{Progress, Status};
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a claim whose answer is being computed lives without renewal.
+pub const CLAIM_TTL: Duration = Duration::from_secs(10);
+/// How often a claim being computed is renewed.
+const RENEW_EVERY: Duration = Duration::from_secs(3);
+/// How long a duplicate waits for another replica's answer before 503.
+const WAIT_AT_MOST: Duration = Duration::from_secs(30);
+/// How often a replica publishes its counts.
+pub const BEAT_EVERY: Duration = Duration::from_secs(1);
+/// How long a replica's counts outlive its last beat.
+const BEAT_TTL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("--redis {url}: {source}")]
+    Url { url: String, source: RedisError },
+    #[error("Redis: {0}")]
+    Redis(#[from] RedisError),
+    #[error("Redis holds a value rollout-host did not write at {0}")]
+    Foreign(String),
+    #[error("the init of this key on replica {0} has not answered in {WAIT_AT_MOST:?}; retry")]
+    Waited(String),
+    #[error("this replica's claim on the key expired before its answer was stored; retry")]
+    ClaimLost,
+}
+
+/// The replicas' shared state in Redis.
+pub struct Cluster {
+    redis: ConnectionManager,
+    prefix: String,
+    replica: Arc<str>,
+    /// Claims made, to tell this replica's claims apart.
+    claims: AtomicU64,
+}
+
+/// What a claim on a key found.
+pub enum Claimed {
+    /// This replica runs it: compute the answer, then [`Lease::accept`].
+    Ours(Lease),
+    /// Another replica accepted it: its answer.
+    Answered(Bytes),
+}
+
+/// A rollout's status as Redis has it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SharedStatus {
+    /// Accepted by `replica` and not finished; `alive` says whether that
+    /// replica still beats.
+    Running {
+        replica: String,
+        alive: bool,
+    },
+    Ended(Progress),
+}
+
+/// One replica's counts for one deployment, as its beat publishes them.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counts {
+    pub active: u64,
+    pub completed: u64,
+}
+
+/// A deployment's counts summed over replicas.
+#[derive(Debug, Default, PartialEq)]
+pub struct Totals {
+    pub replicas: usize,
+    pub counts: Counts,
+}
+
+/// Compare-and-set on a claim: if KEYS[1] still holds ARGV[1] (the lease's
+/// token), store the answer ARGV[2] there and the status ARGV[4] at KEYS[2],
+/// both for ARGV[3] ms.
+const ACCEPT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+return 1";
+
+/// Deletes (ARGV[2] empty) or renews for ARGV[2] ms KEYS[1] if it still
+/// holds ARGV[1].
+const IF_OURS: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])";
+
+impl Cluster {
+    /// Connects lazily: a Redis that is down at start is tried again at
+    /// each use, so the server starts and refuses inits until it is up.
+    pub fn connect(url: &str, prefix: &str, replica: &str) -> Result<Self, ClusterError> {
+        let url_error = |source| ClusterError::Url {
+            url: url.to_owned(),
+            source,
+        };
+        let client = redis::Client::open(url).map_err(url_error)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let redis = ConnectionManager::new_lazy_with_config(client, config).map_err(url_error)?;
+        Ok(Self {
+            redis,
+            prefix: prefix.to_owned(),
+            replica: replica.into(),
+            claims: AtomicU64::new(0),
+        })
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    fn init_key(&self, deployment: &str, key: &str) -> String {
+        format!("{}:{deployment}:init:{key}", self.prefix)
+    }
+
+    fn status_key(&self, deployment: &str, rollout_id: &str) -> String {
+        format!("{}:{deployment}:status:{rollout_id}", self.prefix)
+    }
+
+    fn replica_key(&self, replica: &str) -> String {
+        format!("{}:replica:{replica}", self.prefix)
+    }
+
+    fn replicas_key(&self) -> String {
+        format!("{}:replicas", self.prefix)
+    }
+
+    /// Claims `key` of `deployment` for this replica, or waits for the
+    /// replica that holds it to answer (taking the claim over if that one
+    /// gives it up or dies).
+    pub async fn claim(
+        self: &Arc<Self>,
+        deployment: &str,
+        key: &str,
+    ) -> Result<Claimed, ClusterError> {
+        let name = self.init_key(deployment, key);
+        let n = self.claims.fetch_add(1, Ordering::Relaxed);
+        let token = format!("P{}/{n}", self.replica);
+        let waited_from = Instant::now();
+        let mut pause = Duration::from_millis(2);
+        loop {
+            // SET NX GET: sets and answers nil, or answers what is there.
+            let before: Option<Vec<u8>> = redis::cmd("SET")
+                .arg(&name)
+                .arg(&token)
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(millis(CLAIM_TTL))
+                .query_async(&mut self.redis.clone())
+                .await?;
+            let Some(before) = before else {
+                return Ok(Claimed::Ours(Lease::new(self.clone(), name, token)));
+            };
+            match before.split_first() {
+                Some((b'A', answer)) => {
+                    return Ok(Claimed::Answered(Bytes::copy_from_slice(answer)));
+                }
+                Some((b'P', holder)) => {
+                    if waited_from.elapsed() >= WAIT_AT_MOST {
+                        let holder = String::from_utf8_lossy(holder);
+                        let replica = holder.rsplit_once('/').map_or(&*holder, |(r, _)| r);
+                        return Err(ClusterError::Waited(replica.to_owned()));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                _ => return Err(ClusterError::Foreign(name)),
+            }
+        }
+    }
+
+    /// `rollout_id` of `deployment` (idempotency `key`) has ended: its
+    /// answer and status are kept `ttl` from now.
+    pub async fn ended(
+        &self,
+        deployment: &str,
+        key: &str,
+        rollout_id: &str,
+        progress: Progress,
+        ttl: Duration,
+    ) -> Result<(), ClusterError> {
+        let status = serde_json::json!({
+            "status": progress.status.as_str(),
+            "reward": progress.reward,
+        });
+        redis::pipe()
+            .cmd("PEXPIRE")
+            .arg(self.init_key(deployment, key))
+            .arg(millis(ttl))
+            .ignore()
+            .cmd("SET")
+            .arg(self.status_key(deployment, rollout_id))
+            .arg(format!("E{status}"))
+            .arg("PX")
+            .arg(millis(ttl))
+            .ignore()
+            .query_async::<()>(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// The status of `rollout_id` of `deployment`, when Redis knows it.
+    pub async fn status(
+        &self,
+        deployment: &str,
+        rollout_id: &str,
+    ) -> Result<Option<SharedStatus>, ClusterError> {
+        let name = self.status_key(deployment, rollout_id);
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&name)
+            .query_async(&mut self.redis.clone())
+            .await?;
+        let Some(value) = value else { return Ok(None) };
+        match value.split_first() {
+            Some((b'R', replica)) => {
+                let replica = String::from_utf8_lossy(replica).into_owned();
+                let alive: bool = redis::cmd("EXISTS")
+                    .arg(self.replica_key(&replica))
+                    .query_async(&mut self.redis.clone())
+                    .await?;
+                Ok(Some(SharedStatus::Running { replica, alive }))
+            }
+            Some((b'E', json)) => {
+                let ended: EndedJson = serde_json::from_slice(json)
+                    .map_err(|_| ClusterError::Foreign(name.clone()))?;
+                let status = match ended.status.as_str() {
+                    "completed" => Status::Completed,
+                    "cancelled" => Status::Cancelled,
+                    "error" => Status::Error,
+                    _ => return Err(ClusterError::Foreign(name)),
+                };
+                Ok(Some(SharedStatus::Ended(Progress {
+                    status,
+                    reward: ended.reward,
+                })))
+            }
+            _ => Err(ClusterError::Foreign(name)),
+        }
+    }
+
+    /// Publishes this replica's counts per deployment, for [`BEAT_TTL`].
+    pub async fn beat(&self, counts: &HashMap<String, Counts>) -> Result<(), ClusterError> {
+        let body = serde_json::to_string(counts).unwrap_or_default();
+        redis::pipe()
+            .cmd("SET")
+            .arg(self.replica_key(&self.replica))
+            .arg(body)
+            .arg("PX")
+            .arg(millis(BEAT_TTL))
+            .ignore()
+            .cmd("SADD")
+            .arg(self.replicas_key())
+            .arg(&*self.replica)
+            .ignore()
+            .query_async::<()>(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// This replica stops: its counts go at once.
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        redis::pipe()
+            .cmd("DEL")
+            .arg(self.replica_key(&self.replica))
+            .ignore()
+            .cmd("SREM")
+            .arg(self.replicas_key())
+            .arg(&*self.replica)
+            .ignore()
+            .query_async::<()>(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// `deployment`'s counts summed over the other replicas that beat
+    /// (replicas gone are dropped from the list on the way).
+    pub async fn others(&self, deployment: &str) -> Result<Totals, ClusterError> {
+        let mut redis = self.redis.clone();
+        let replicas: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.replicas_key())
+            .query_async(&mut redis)
+            .await?;
+        if replicas.is_empty() {
+            return Ok(Totals::default());
+        }
+        let keys: Vec<String> = replicas.iter().map(|r| self.replica_key(r)).collect();
+        let beats: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut redis)
+            .await?;
+        let mut totals = Totals::default();
+        let mut gone = Vec::new();
+        for (replica, beat) in replicas.iter().zip(beats) {
+            if *replica == *self.replica {
+                continue;
+            }
+            let Some(beat) = beat else {
+                gone.push(replica);
+                continue;
+            };
+            totals.replicas += 1;
+            let counts: HashMap<String, Counts> = serde_json::from_str(&beat).unwrap_or_default();
+            if let Some(c) = counts.get(deployment) {
+                totals.counts.active += c.active;
+                totals.counts.completed += c.completed;
+            }
+        }
+        if !gone.is_empty() {
+            redis::cmd("SREM")
+                .arg(self.replicas_key())
+                .arg(gone)
+                .query_async::<()>(&mut redis)
+                .await?;
+        }
+        Ok(totals)
+    }
+}
+
+#[derive(Deserialize)]
+struct EndedJson {
+    status: String,
+    reward: Option<f64>,
+}
+
+/// This replica's claim on a key while it computes the answer: renewed in
+/// the background, released (for the trainer's retry) unless accepted.
+pub struct Lease {
+    cluster: Arc<Cluster>,
+    name: String,
+    token: String,
+    renew: tokio::task::JoinHandle<()>,
+    settled: bool,
+}
+
+impl Lease {
+    fn new(cluster: Arc<Cluster>, name: String, token: String) -> Self {
+        let renew = tokio::spawn({
+            let cluster = cluster.clone();
+            let (name, token) = (name.clone(), token.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(RENEW_EVERY).await;
+                    if let Err(e) = cluster.if_ours(&name, &token, Some(CLAIM_TTL)).await {
+                        tracing::warn!(error = %e, key = %name, "cannot renew the claim");
+                    }
+                }
+            }
+        });
+        Self {
+            cluster,
+            name,
+            token,
+            renew,
+            settled: false,
+        }
+    }
+
+    /// Stores the accepted `answer` for duplicates and the rollout's status
+    /// as running here, for `ttl` (until its end says otherwise).
+    pub async fn accept(
+        mut self,
+        deployment: &str,
+        rollout_id: &str,
+        answer: &[u8],
+        ttl: Duration,
+    ) -> Result<(), ClusterError> {
+        self.renew.abort();
+        let mut value = Vec::with_capacity(answer.len() + 1);
+        value.push(b'A');
+        value.extend_from_slice(answer);
+        let stored: i64 = redis::cmd("EVAL")
+            .arg(ACCEPT)
+            .arg(2)
+            .arg(&self.name)
+            .arg(self.cluster.status_key(deployment, rollout_id))
+            .arg(&self.token)
+            .arg(value)
+            .arg(millis(ttl))
+            .arg(format!("R{}", self.cluster.replica))
+            .query_async(&mut self.cluster.redis.clone())
+            .await?;
+        if stored == 0 {
+            return Err(ClusterError::ClaimLost);
+        }
+        self.settled = true;
+        Ok(())
+    }
+}
+
+impl Drop for Lease {
+    /// Not accepted: give the key back so a retry (here or elsewhere) can
+    /// run it; if Redis cannot be told, the claim expires.
+    fn drop(&mut self) {
+        self.renew.abort();
+        if self.settled {
+            return;
+        }
+        let cluster = self.cluster.clone();
+        let (name, token) = (
+            std::mem::take(&mut self.name),
+            std::mem::take(&mut self.token),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = cluster.if_ours(&name, &token, None).await {
+                tracing::warn!(error = %e, key = %name, "cannot release the claim; it expires");
+            }
+        });
+    }
+}
+
+impl Cluster {
+    /// Renews (`Some(ttl)`) or deletes `name` if it still holds `token`.
+    async fn if_ours(
+        &self,
+        name: &str,
+        token: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(), ClusterError> {
+        redis::cmd("EVAL")
+            .arg(IF_OURS)
+            .arg(1)
+            .arg(name)
+            .arg(token)
+            .arg(ttl.map(|t| millis(t).to_string()).unwrap_or_default())
+            .query_async::<Value>(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The replica's default name: `HOST-PID` (a pod's host name is its name).
+pub fn default_replica_id() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into `buf`.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let host = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "rollout-host".to_owned()
+    };
+    format!("{host}-{}", std::process::id())
+}
