@@ -7,15 +7,18 @@
 //! Keys, under the prefix (`--redis-prefix`, default `rollout-host`):
 //! - `P:D:init:KEY`: `P<token>` while the replica holding the claim computes
 //!   the answer (expires after [`CLAIM_TTL`] unless renewed, so a replica
-//!   that dies releases it), then `A<answer>` while the rollout runs and for
-//!   the record TTL after it ended.
+//!   that dies releases it), then `A<token>\n<answer>` while the rollout runs
+//!   and for the record TTL after it ended.
 //! - `P:D:status:ID`: `R<replica>` while it runs, then its final status.
 //! - `P:replica:R`: a replica's counts, renewed every [`BEAT_EVERY`]; gone
 //!   after [`BEAT_TTL`] when the replica is. `P:replicas` lists them.
 //!
 //! Redis unreachable: inits are refused with 503 (the trainer retries), so
 //! no key is run twice; running rollouts go on and call back; their final
-//! status is not recorded in Redis.
+//! status is not recorded in Redis. An answer whose storing Redis did not
+//! confirm (the connection dropped) is asked for again until Redis answers:
+//! if it was stored, the rollout runs (a retry gets the stored answer);
+//! if not, the init is refused.
 
 use crate::live::{Progress, Status};
 use bytes::Bytes;
@@ -182,7 +185,9 @@ impl Cluster {
                 return Ok(Claimed::Ours(Lease::new(self.clone(), name, token)));
             };
             match before.split_first() {
-                Some((b'A', answer)) => {
+                Some((b'A', stored)) => {
+                    let answer = stored.splitn(2, |&b| b == b'\n').nth(1);
+                    let answer = answer.ok_or_else(|| ClusterError::Foreign(name.clone()))?;
                     return Ok(Claimed::Answered(Bytes::copy_from_slice(answer)));
                 }
                 Some((b'P', holder)) => {
@@ -359,7 +364,18 @@ pub struct Lease {
     name: String,
     token: String,
     renew: tokio::task::JoinHandle<()>,
+    /// The value stored (or being stored) for the key once accepted.
+    stored: Vec<u8>,
     settled: bool,
+}
+
+/// Whether an answer was stored, as far as Redis could say.
+#[derive(Debug, PartialEq)]
+pub enum Stored {
+    Yes,
+    No,
+    /// Redis did not answer in time.
+    Unknown,
 }
 
 impl Lease {
@@ -381,30 +397,34 @@ impl Lease {
             name,
             token,
             renew,
+            stored: Vec::new(),
             settled: false,
         }
     }
 
     /// Stores the accepted `answer` for duplicates and the rollout's status
-    /// as running here, for `ttl` (until its end says otherwise).
+    /// as running here, for `ttl` (until its end says otherwise). An error
+    /// other than [`ClusterError::ClaimLost`] leaves it unknown whether
+    /// Redis stored it: ask [`Lease::confirm`].
     pub async fn accept(
-        mut self,
+        &mut self,
         deployment: &str,
         rollout_id: &str,
         answer: &[u8],
         ttl: Duration,
     ) -> Result<(), ClusterError> {
-        self.renew.abort();
-        let mut value = Vec::with_capacity(answer.len() + 1);
-        value.push(b'A');
-        value.extend_from_slice(answer);
+        self.stored.clear();
+        self.stored.push(b'A');
+        self.stored.extend_from_slice(&self.token.as_bytes()[1..]);
+        self.stored.push(b'\n');
+        self.stored.extend_from_slice(answer);
         let stored: i64 = redis::cmd("EVAL")
             .arg(ACCEPT)
             .arg(2)
             .arg(&self.name)
             .arg(self.cluster.status_key(deployment, rollout_id))
             .arg(&self.token)
-            .arg(value)
+            .arg(&self.stored)
             .arg(millis(ttl))
             .arg(format!("R{}", self.cluster.replica))
             .query_async(&mut self.cluster.redis.clone())
@@ -412,8 +432,54 @@ impl Lease {
         if stored == 0 {
             return Err(ClusterError::ClaimLost);
         }
-        self.settled = true;
+        self.settle();
         Ok(())
+    }
+
+    /// After an [`Lease::accept`] Redis did not confirm: asks Redis whether
+    /// the answer is there, for at most `for_at_most`. A claim still held
+    /// is accepted again.
+    pub async fn confirm(
+        &mut self,
+        deployment: &str,
+        rollout_id: &str,
+        ttl: Duration,
+        for_at_most: Duration,
+    ) -> Stored {
+        let deadline = Instant::now() + for_at_most;
+        let stored = self.stored.clone();
+        let answer = stored.splitn(2, |&b| b == b'\n').nth(1).unwrap_or_default();
+        loop {
+            let now: Result<Option<Vec<u8>>, _> = redis::cmd("GET")
+                .arg(&self.name)
+                .query_async(&mut self.cluster.redis.clone())
+                .await;
+            match now {
+                Ok(Some(value)) if value == stored => {
+                    self.settle();
+                    return Stored::Yes;
+                }
+                Ok(Some(value)) if value == self.token.as_bytes() => {
+                    match self.accept(deployment, rollout_id, answer, ttl).await {
+                        Ok(()) => return Stored::Yes,
+                        Err(ClusterError::ClaimLost) => return Stored::No,
+                        Err(_) => {}
+                    }
+                }
+                Ok(_) => return Stored::No,
+                Err(_) => {}
+            }
+            if Instant::now() >= deadline {
+                return Stored::Unknown;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stored: the key is the rollout's now, not to be released.
+    fn settle(&mut self) {
+        self.renew.abort();
+        self.settled = true;
     }
 }
 

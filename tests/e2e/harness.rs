@@ -182,7 +182,9 @@ pub struct Server {
     /// When the process was started.
     pub spawned: Instant,
     log: Arc<Mutex<String>>,
-    _serial: Serial,
+    /// Held by a server started alone; several started together (replicas)
+    /// share their caller's.
+    _serial: Option<Serial>,
 }
 
 impl Server {
@@ -196,8 +198,17 @@ impl Server {
 
     /// Starts the server from `command` (the binary, with any environment
     /// or process limits the test sets on it).
-    pub fn start_command(plugin: &Path, args: &[&str], mut command: Command) -> Server {
-        let serial = Serial::acquire();
+    pub fn start_command(plugin: &Path, args: &[&str], command: Command) -> Server {
+        Self::spawn(plugin, args, command, Some(Serial::acquire()))
+    }
+
+    /// Starts one of several servers a test runs at once; the caller holds
+    /// the [`Serial`] lock for all of them.
+    pub fn start_beside(plugin: &Path, args: &[&str], _held: &Serial) -> Server {
+        Self::spawn(plugin, args, Command::new(host_binary()), None)
+    }
+
+    fn spawn(plugin: &Path, args: &[&str], mut command: Command, serial: Option<Serial>) -> Server {
         let mut child = command
             .arg("--plugin")
             .arg(plugin)

@@ -9,6 +9,7 @@ mod harness;
 mod operations;
 mod plugins;
 mod protocol;
+mod replicas;
 mod rollouts;
 mod sandbox;
 mod swap;

@@ -3,7 +3,7 @@
 //! the run in the background and 202.
 
 use super::{App, Deployment, auth, json_error};
-use crate::cluster::{Claimed, Lease};
+use crate::cluster::{Claimed, ClusterError, Lease, Stored};
 use crate::fault;
 use crate::idempotency::{self, Claim, InitAnswer, InitOutcome, Ticket};
 use crate::journal::Entry;
@@ -190,77 +190,164 @@ async fn admit_and_start(
     deployment: Arc<Deployment>,
     request: RolloutRequest,
     ticket: Ticket,
-    lease: Option<Lease>,
+    mut lease: Option<Lease>,
 ) -> Result<Bytes, Refusal> {
     let started = Instant::now();
-    let prepared = async {
-        let (answer, accepted) = prepare(app, deployment, request).await?;
-        if app.deliveries.journal().is_some() || lease.is_some() {
-            let entry = journal_entry(&answer, &accepted);
-            let run_for = accepted.deployment.limits.wall_clock;
-            keep(app, &answer, entry, run_for, lease).await?;
-        }
-        Ok((answer, accepted))
+    let (answer, accepted) = match prepare(app, deployment, request).await {
+        Ok(prepared) => prepared,
+        Err(refused) => return Err(refuse(ticket, refused)),
     };
-    match prepared.await {
-        Ok((answer, accepted)) => {
-            let (body, finished) = ticket.accept(&answer);
-            tracing::debug!(rollout_id = %answer.rollout_id, "rollout accepted");
-            accepted.deployment.metrics.accepted(started.elapsed());
-            app.tasks
-                .spawn_on(rollout::run(app.clone(), accepted, finished), &app.guests);
-            Ok(body)
-        }
-        Err((status, body)) => {
-            ticket.fail(status, body.clone());
-            Err((status, body))
+    if app.deliveries.journal().is_some() || lease.is_some() {
+        let entry = journal_entry(&answer, &accepted);
+        match keep(app, &answer, &entry, lease.as_mut()).await {
+            Kept::Yes => {}
+            Kept::No(refused) => return Err(refuse(ticket, refused)),
+            Kept::Unknown(refused, ttl) => {
+                let refused = refuse(ticket, refused);
+                if let Some(lease) = lease {
+                    tokio::spawn(decide_later(app.clone(), lease, answer, accepted, ttl));
+                }
+                return Err(refused);
+            }
         }
     }
+    Ok(start(app, ticket, &answer, accepted, started))
 }
+
+/// Refuses the init: `ticket`'s waiters get the same answer.
+fn refuse(ticket: Ticket, (status, body): Refusal) -> Refusal {
+    ticket.fail(status, body.clone());
+    (status, body)
+}
+
+/// Accepts the prepared rollout and starts its run: the 202 body.
+fn start(
+    app: &Arc<App>,
+    ticket: Ticket,
+    answer: &InitAnswer,
+    accepted: rollout::Starting,
+    started: Instant,
+) -> Bytes {
+    let (body, finished) = ticket.accept(answer);
+    tracing::debug!(rollout_id = %answer.rollout_id, "rollout accepted");
+    accepted.deployment.metrics.accepted(started.elapsed());
+    app.tasks
+        .spawn_on(rollout::run(app.clone(), accepted, finished), &app.guests);
+    body
+}
+
+/// Whether the accepted rollout was kept.
+enum Kept {
+    Yes,
+    No(Refusal),
+    /// Redis did not confirm the answer was stored: refused, unless Redis
+    /// says later that it was (for `Duration` as the record's TTL).
+    Unknown(Refusal, Duration),
+}
+
+/// How long a replica asks Redis about an answer it could not confirm
+/// before the init's refusal goes out.
+const CONFIRM_IN_REQUEST: Duration = Duration::from_secs(5);
+/// How long it asks afterwards, in the background.
+const CONFIRM_LATER: Duration = Duration::from_secs(3600);
 
 /// Keeps the accepted rollout where a restart and the other replicas find
 /// it, before the trainer hears of it: in the journal (a crash from here on
 /// still ends in a callback), then in Redis (a duplicate on another replica
 /// gets this answer).
-/// `run_for` is the rollout's wall-clock limit.
-async fn keep(
-    app: &App,
-    answer: &InitAnswer,
-    entry: Entry,
-    run_for: Duration,
-    lease: Option<Lease>,
-) -> Result<(), Refusal> {
+async fn keep(app: &App, answer: &InitAnswer, entry: &Entry, lease: Option<&mut Lease>) -> Kept {
     let journal = app.deliveries.journal();
     if let Some(journal) = journal
-        && let Err(e) = journal.put(&entry).await
+        && let Err(e) = journal.put(entry).await
     {
         tracing::error!(error = %e, "init refused: the journal cannot be written");
-        return Err(refusal(
+        return Kept::No(refusal(
             503,
             &format!("rollout-host cannot journal the rollout ({e}); retry later"),
         ));
     }
-    if let Some(lease) = lease {
-        // Kept while the rollout may run and be delivered, then the record
-        // TTL; its end shortens it to the TTL.
-        let ttl = run_for + app.config.delivery_deadline + app.config.record_ttl;
-        if let Err(e) = lease
-            .accept(&entry.deployment, &answer.rollout_id, &answer.body(), ttl)
-            .await
-        {
-            tracing::warn!(error = %e, "init refused: the answer cannot be shared with the other replicas");
-            if let Some(journal) = journal {
-                journal.remove(&entry.deployment, &entry.key);
-            }
-            return Err(refusal(
-                503,
-                &format!(
-                    "rollout-host cannot share the rollout with the other replicas ({e}); retry later"
-                ),
-            ));
+    let Some(lease) = lease else {
+        return Kept::Yes;
+    };
+    let forget = || {
+        if let Some(journal) = journal {
+            journal.remove(&entry.deployment, &entry.key);
         }
+    };
+    // Kept while the rollout may run and be delivered, then the record
+    // TTL; its end shortens it to the TTL.
+    let run_for = app
+        .deployment(&entry.deployment)
+        .map_or(Duration::ZERO, |d| d.limits.wall_clock);
+    let ttl = run_for + app.config.delivery_deadline + app.config.record_ttl;
+    let (deployment, id) = (&entry.deployment, &*answer.rollout_id);
+    let error = match lease.accept(deployment, id, &answer.body(), ttl).await {
+        Ok(()) => return Kept::Yes,
+        Err(e @ ClusterError::ClaimLost) => e,
+        Err(e) => match lease.confirm(deployment, id, ttl, CONFIRM_IN_REQUEST).await {
+            Stored::Yes => return Kept::Yes,
+            Stored::No => e,
+            Stored::Unknown => {
+                tracing::warn!(error = %e, "init refused: Redis did not confirm the answer; asking again in the background");
+                return Kept::Unknown(unshared(&e), ttl);
+            }
+        },
+    };
+    tracing::warn!(error = %error, "init refused: the answer cannot be shared with the other replicas");
+    forget();
+    Kept::No(unshared(&error))
+}
+
+fn unshared(e: &ClusterError) -> Refusal {
+    refusal(
+        503,
+        &format!(
+            "rollout-host cannot share the rollout with the other replicas ({e}); retry later"
+        ),
+    )
+}
+
+/// A rollout refused because Redis did not confirm its answer was stored:
+/// once Redis answers, runs it if the answer is there (a duplicate there
+/// got it), else lets it go.
+async fn decide_later(
+    app: Arc<App>,
+    mut lease: Lease,
+    answer: InitAnswer,
+    accepted: rollout::Starting,
+    ttl: Duration,
+) {
+    let deployment = accepted.deployment.clone();
+    let key = accepted.request.idempotency_key().to_owned();
+    let asked = tokio::select! {
+        stored = lease.confirm(&deployment.name, &answer.rollout_id, ttl, CONFIRM_LATER) => stored,
+        () = app.shutdown.cancelled() => Stored::Unknown,
+    };
+    if asked != Stored::Yes {
+        if asked == Stored::Unknown {
+            tracing::error!(rollout_id = %answer.rollout_id, "Redis never confirmed whether the rollout was accepted; it does not run");
+        }
+        if let Some(journal) = app.deliveries.journal() {
+            journal.remove(&deployment.name, &key);
+        }
+        return;
     }
-    Ok(())
+    // A duplicate on this replica may be asking Redis now: it finds the
+    // answer and lets the key go.
+    let ticket = loop {
+        match deployment.idempotency.claim(&key) {
+            Claim::New(ticket) => break ticket,
+            Claim::Wait(rx) => {
+                idempotency::wait(rx).await;
+            }
+            Claim::Done(_) => {
+                tracing::error!(rollout_id = %answer.rollout_id, "rollout accepted twice on this replica; the later one does not run");
+                return;
+            }
+        }
+    };
+    tracing::info!(rollout_id = %answer.rollout_id, "Redis confirmed the answer after all: the rollout runs");
+    start(&app, ticket, &answer, accepted, Instant::now());
 }
 
 /// What the journal keeps of an accepted rollout.

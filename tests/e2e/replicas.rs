@@ -1,0 +1,537 @@
+//! Scale-out: three `rollout-host` replicas sharing a real Redis
+//! (`redis-server`), behind a real load balancer (`haproxy`, round robin),
+//! all on loopback, driven through the balancer like a trainer would.
+//! `./test.sh` installs both from Debian's packages.
+
+use crate::harness::{Serial, Server, Trainer, calculator_script, client, init_body, plugin};
+use bytes::Bytes;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// The response header naming the replica that answered.
+const REPLICA: &str = "x-rollout-host-replica";
+
+/// A port free on loopback now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// A program `./test.sh` installs; the test says so when it is missing.
+fn installed(program: &str) -> Command {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(found, "{program} is not installed: ./test.sh installs it");
+    Command::new(program)
+}
+
+/// A `redis-server` with an append-only file synced at every write, in a
+/// directory of its own; stopped on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start(dir: &Path) -> Redis {
+        let mut redis = Redis {
+            child: None,
+            port: free_port(),
+            dir: dir.to_owned(),
+        };
+        redis.run();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn run(&mut self) {
+        let child = installed("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.pings() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pings(&self) -> bool {
+        let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let mut answer = [0u8; 7];
+        tcp.write_all(b"PING\r\n").is_ok()
+            && tcp.read_exact(&mut answer).is_ok()
+            && &answer == b"+PONG\r\n"
+    }
+
+    /// SIGTERM (Redis writes its file and exits) and wait.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Redis, `n` replicas named r1..rN and haproxy in front of them.
+struct Replicas {
+    hosts: Vec<Server>,
+    redis: Redis,
+    balancer: Child,
+    /// The balancer's address.
+    url: String,
+    _dir: tempfile::TempDir,
+    _serial: Serial,
+}
+
+impl Replicas {
+    async fn start(n: usize, args: &[&str]) -> Replicas {
+        let serial = Serial::acquire();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let redis = Redis::start(dir.path());
+        let redis_url = redis.url();
+        let hosts: Vec<Server> = (1..=n)
+            .map(|i| {
+                let replica = format!("r{i}");
+                let mut all = vec!["--redis", &redis_url, "--replica-id", &replica];
+                all.extend_from_slice(args);
+                Server::start_beside(&plugin("calc"), &all, &serial)
+            })
+            .collect();
+        let port = free_port();
+        let config = dir.path().join("haproxy.cfg");
+        std::fs::write(&config, haproxy_config(port, &hosts)).expect("write haproxy.cfg");
+        let balancer = installed("haproxy")
+            .arg("-f")
+            .arg(&config)
+            .arg("-db")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start haproxy");
+        let replicas = Replicas {
+            hosts,
+            redis,
+            balancer,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+            _serial: serial,
+        };
+        // Up when every replica answers through the balancer.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for i in 1..=n {
+            let name = format!("r{i}");
+            loop {
+                let answer = client()
+                    .get(format!("{}/health", replicas.url))
+                    .header("x-replica", &name)
+                    .send()
+                    .await;
+                if let Ok(answer) = answer
+                    && answer.status() == 200
+                    && answer.headers()[REPLICA] == name.as_str()
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{name} is not up behind haproxy");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        replicas
+    }
+
+    /// `/health` of the default deployment, through the balancer.
+    async fn health(&self) -> Value {
+        let answer = client()
+            .get(format!("{}/health", self.url))
+            .send()
+            .await
+            .expect("GET /health");
+        assert_eq!(answer.status(), 200);
+        answer.json().await.expect("JSON")
+    }
+
+    /// A rollout's status as replica `replica` tells it.
+    async fn status_at(&self, replica: &str, rollout_id: &str) -> Value {
+        let answer = client()
+            .get(format!("{}/v1/rollout/{rollout_id}", self.url))
+            .header("x-replica", replica)
+            .send()
+            .await
+            .expect("GET status");
+        assert_eq!(answer.headers()[REPLICA], replica);
+        answer.json().await.expect("JSON")
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        let _ = self.balancer.kill();
+        let _ = self.balancer.wait();
+    }
+}
+
+/// Round robin over the replicas, health-checked on `/health`; a request
+/// with `x-replica: rN` goes to rN while it is up (so a test can send a
+/// duplicate to another replica than the first). A connection refused
+/// (a replica stopping) is retried on another replica, as a production
+/// haproxy is set up.
+fn haproxy_config(port: u16, hosts: &[Server]) -> String {
+    let mut config = format!(
+        "global\n  maxconn 4096\n\
+         defaults\n  mode http\n  timeout connect 1s\n  timeout client 120s\n  timeout server 120s\n  \
+         retries 3\n  option redispatch\n\
+         frontend rollouts\n  bind 127.0.0.1:{port}\n  default_backend replicas\n\
+         backend replicas\n  balance roundrobin\n  option httpchk GET /health\n  \
+         default-server inter 200ms fall 2 rise 1\n"
+    );
+    for i in 1..=hosts.len() {
+        config.push_str(&format!(
+            "  use-server r{i} if {{ req.hdr(x-replica) -m str r{i} }}\n"
+        ));
+    }
+    for (i, host) in hosts.iter().enumerate() {
+        let addr = host.url.trim_start_matches("http://");
+        config.push_str(&format!("  server r{} {addr} check\n", i + 1));
+    }
+    config
+}
+
+/// An init's answer: status, the replica that gave it, the body.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    replica: String,
+    body: Bytes,
+}
+
+/// Sends an init through the balancer (to replica `to` when given) as a
+/// trainer does: again after a 503 or 429 (with the same key) or a failed
+/// connection, until answered; `retries` counts the tries again.
+async fn init_via(url: &str, body: &Value, to: Option<&str>, retries: &AtomicUsize) -> Answer {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut request = client()
+            .post(format!("{url}/v1/rollout/init"))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(to) = to {
+            request = request.header("x-replica", to);
+        }
+        if let Ok(response) = request.send().await {
+            let status = response.status().as_u16();
+            let replica = response
+                .headers()
+                .get(REPLICA)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            if let Ok(body) = response.bytes().await
+                && !matches!(status, 429 | 502 | 503)
+            {
+                return Answer {
+                    status,
+                    replica,
+                    body,
+                };
+            }
+        }
+        assert!(Instant::now() < deadline, "init {body} never answered");
+        retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Each rollout's callbacks and chats, by rollout id.
+fn by_rollout(trainer: &Trainer) -> (HashMap<String, Vec<Value>>, HashMap<String, usize>) {
+    let mut callbacks: HashMap<String, Vec<Value>> = HashMap::new();
+    for call in trainer.completions() {
+        let id = call.body["rollout_id"].as_str().unwrap_or("").to_owned();
+        callbacks.entry(id).or_default().push(call.body);
+    }
+    let mut chats: HashMap<String, usize> = HashMap::new();
+    for call in trainer.chats() {
+        let id = call.body["rollout_id"].as_str().unwrap_or("").to_owned();
+        *chats.entry(id).or_default() += 1;
+    }
+    (callbacks, chats)
+}
+
+/// Waits for `n` callbacks, then a moment for any extra one.
+async fn all_called_back(trainer: &Trainer, n: usize) {
+    trainer.wait_completions(n, Duration::from_secs(180)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+fn replica(i: usize) -> String {
+    format!("r{}", i % 3 + 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_init_sent_to_two_replicas_runs_once_and_answers_the_same_bytes() {
+    const ROLLOUTS: usize = 5_000;
+    let trainer = Trainer::calculator("add", 5.0, 3.0, "8").await;
+    let replicas = Replicas::start(3, &[]).await;
+    let retries = Arc::new(AtomicUsize::new(0));
+    let in_flight = Arc::new(Semaphore::new(256));
+    let started = Instant::now();
+    let sends = (0..ROLLOUTS).map(|i| {
+        let (url, trainer, retries) = (replicas.url.clone(), trainer.clone(), retries.clone());
+        let in_flight = in_flight.clone();
+        tokio::spawn(async move {
+            let _place = in_flight.acquire_owned().await;
+            let body = init_body(&format!("twice-{i}"), &trainer);
+            let (first, second) = (replica(i), replica(i + 1));
+            let (a, b) = if i % 2 == 0 {
+                tokio::join!(
+                    init_via(&url, &body, Some(&first), &retries),
+                    init_via(&url, &body, Some(&second), &retries)
+                )
+            } else {
+                let a = init_via(&url, &body, Some(&first), &retries).await;
+                (a, init_via(&url, &body, Some(&second), &retries).await)
+            };
+            assert_eq!((a.status, b.status), (202, 202), "{a:?} {b:?}");
+            assert_eq!(
+                (a.replica.as_str(), b.replica.as_str()),
+                (&*first, &*second)
+            );
+            assert_eq!(a.body, b.body, "the duplicate's answer is byte-identical");
+        })
+    });
+    for send in sends.collect::<Vec<_>>() {
+        send.await.expect("init task");
+    }
+    all_called_back(&trainer, ROLLOUTS).await;
+    eprintln!(
+        "{ROLLOUTS} rollouts, each init twice, through 3 replicas: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let (callbacks, chats) = by_rollout(&trainer);
+    assert_eq!(callbacks.len(), ROLLOUTS);
+    for i in 0..ROLLOUTS {
+        let id = format!("twice-{i}");
+        let mine = &callbacks[&id];
+        assert_eq!(mine.len(), 1, "{id}: one callback: {mine:#?}");
+        assert_eq!(mine[0]["status"], "COMPLETED", "{id}: {:#}", mine[0]);
+        assert_eq!(mine[0]["reward"], 1.0, "{id}");
+        // One run: the calculator asks the LLM twice (tool call, answer).
+        assert_eq!(chats[&id], 2, "{id} ran once");
+    }
+    assert_eq!(retries.load(Ordering::Relaxed), 0, "no init was refused");
+
+    // A replica that saw neither init knows how the rollout ended.
+    for i in (0..ROLLOUTS).step_by(500) {
+        let status = replicas
+            .status_at(&replica(i + 2), &format!("twice-{i}"))
+            .await;
+        assert_eq!(status["status"], "completed", "{status}");
+        assert_eq!(status["reward"], 1.0, "{status}");
+    }
+    // /health totals over the replicas (their counts beat once a second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = replicas.health().await;
+        if health["completed_rollouts"] == ROLLOUTS && health["cluster"]["replicas"] == 3 {
+            let own = health["cluster"]["completed_rollouts"].as_u64().unwrap();
+            assert!(own < ROLLOUTS as u64, "one replica's own count: {health}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "health totals: {health}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_mid_run_calls_back_its_rollouts_and_the_others_take_over() {
+    const ROLLOUTS: usize = 600;
+    // Two chats of 300 ms: 600 ms a rollout; a 0.4 s grace ends some.
+    let trainer = Trainer::start_with(
+        calculator_script("add", 5.0, 3.0, "8"),
+        200,
+        Duration::from_millis(300),
+    )
+    .await;
+    let mut replicas = Replicas::start(3, &["--shutdown-grace", "0.4"]).await;
+    let retries = Arc::new(AtomicUsize::new(0));
+    let in_flight = Arc::new(Semaphore::new(96));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let sends: Vec<_> = (0..ROLLOUTS)
+        .map(|i| {
+            let (url, trainer, retries) = (replicas.url.clone(), trainer.clone(), retries.clone());
+            let (in_flight, answered) = (in_flight.clone(), answered.clone());
+            tokio::spawn(async move {
+                let _place = in_flight.acquire_owned().await;
+                let answer = init_via(
+                    &url,
+                    &init_body(&format!("term-{i}"), &trainer),
+                    None,
+                    &retries,
+                )
+                .await;
+                assert_eq!(answer.status, 202, "{answer:?}");
+                answered.fetch_add(1, Ordering::Relaxed);
+                (i, answer.replica, Instant::now())
+            })
+        })
+        .collect();
+    while answered.load(Ordering::Relaxed) < ROLLOUTS / 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stopping = Instant::now();
+    let exit = tokio::task::block_in_place(|| replicas.hosts[1].terminate());
+    assert!(exit.success(), "r2 exits cleanly: {exit:?}");
+    let mut by_replica: HashMap<String, Vec<usize>> = HashMap::new();
+    for send in sends {
+        let (i, replica, at) = send.await.expect("init task");
+        if at > stopping + Duration::from_millis(500) {
+            assert_ne!(replica, "r2", "term-{i} answered by r2 after its SIGTERM");
+        }
+        by_replica.entry(replica).or_default().push(i);
+    }
+    all_called_back(&trainer, ROLLOUTS).await;
+    let (callbacks, chats) = by_rollout(&trainer);
+    assert_eq!(callbacks.len(), ROLLOUTS);
+    let mut ended_by_shutdown = 0;
+    for (replica, ids) in &by_replica {
+        for i in ids {
+            let id = format!("term-{i}");
+            let mine = &callbacks[&id];
+            assert_eq!(mine.len(), 1, "{id}: one callback: {mine:#?}");
+            assert!(chats[&id] <= 2, "{id} ran once");
+            match (replica.as_str(), mine[0]["status"].as_str()) {
+                (_, Some("COMPLETED")) => assert_eq!(mine[0]["reward"], 1.0),
+                ("r2", Some("ERROR")) => {
+                    let message = mine[0]["error_message"].as_str().unwrap_or("");
+                    assert!(message.contains("shut down"), "{id}: {message}");
+                    ended_by_shutdown += 1;
+                }
+                _ => panic!("{id} on {replica}: {:#}", mine[0]),
+            }
+        }
+    }
+    let r2 = by_replica.get("r2").map_or(0, Vec::len);
+    eprintln!(
+        "r2 took {r2} of {ROLLOUTS} before its SIGTERM, {ended_by_shutdown} ended by its shutdown; \
+         r1 {} and r3 {}; {} inits tried again",
+        by_replica.get("r1").map_or(0, Vec::len),
+        by_replica.get("r3").map_or(0, Vec::len),
+        retries.load(Ordering::Relaxed)
+    );
+    assert!(r2 > 0, "r2 ran rollouts before it stopped");
+    assert!(
+        ended_by_shutdown > 0,
+        "some of r2's rollouts were still running when its grace ran out"
+    );
+    let health = replicas.health().await;
+    assert_ne!(health["cluster"]["replica"], "r2");
+    assert_eq!(health["cluster"]["replicas"], 2, "r2 left: {health}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_refuses_inits_meanwhile_and_runs_no_claimed_rollout_twice() {
+    const ROLLOUTS: usize = 1_000;
+    let trainer = Trainer::calculator("add", 5.0, 3.0, "8").await;
+    let mut replicas = Replicas::start(3, &[]).await;
+    let retries = Arc::new(AtomicUsize::new(0));
+    let in_flight = Arc::new(Semaphore::new(64));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let sends: Vec<_> = (0..ROLLOUTS)
+        .map(|i| {
+            let (url, trainer, retries) = (replicas.url.clone(), trainer.clone(), retries.clone());
+            let (in_flight, answered) = (in_flight.clone(), answered.clone());
+            tokio::spawn(async move {
+                let _place = in_flight.acquire_owned().await;
+                let body = init_body(&format!("redis-{i}"), &trainer);
+                let a = init_via(&url, &body, Some(&replica(i)), &retries).await;
+                answered.fetch_add(1, Ordering::Relaxed);
+                let b = init_via(&url, &body, Some(&replica(i + 1)), &retries).await;
+                assert_eq!((a.status, b.status), (202, 202), "{a:?} {b:?}");
+                assert_eq!(a.body, b.body, "redis-{i}: the duplicate's answer");
+                (i, a.body, Instant::now())
+            })
+        })
+        .collect();
+    while answered.load(Ordering::Relaxed) < ROLLOUTS * 3 / 10 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let refused_before = retries.load(Ordering::Relaxed);
+    let down = Instant::now();
+    tokio::task::block_in_place(|| replicas.redis.stop());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::block_in_place(|| replicas.redis.run());
+    let up = Instant::now();
+    let mut answers = Vec::new();
+    for send in sends {
+        answers.push(send.await.expect("init task"));
+    }
+    let refused = retries.load(Ordering::Relaxed) - refused_before;
+    eprintln!(
+        "Redis down {:.1} s: {refused} inits refused with 503 and tried again",
+        (up - down).as_secs_f64()
+    );
+    assert!(refused > 0, "inits sent while Redis was down were refused");
+    // A third init of each rollout claimed before the restart, to the
+    // replica that saw neither: the first answer, and no new run.
+    let again = Arc::new(AtomicUsize::new(0));
+    for (i, first, at) in &answers {
+        if *at < down {
+            let body = init_body(&format!("redis-{i}"), &trainer);
+            let c = init_via(&replicas.url, &body, Some(&replica(i + 2)), &again).await;
+            assert_eq!(c.status, 202);
+            assert_eq!(&c.body, first, "redis-{i} after the restart");
+        }
+    }
+    all_called_back(&trainer, ROLLOUTS).await;
+    let (callbacks, chats) = by_rollout(&trainer);
+    assert_eq!(callbacks.len(), ROLLOUTS);
+    for i in 0..ROLLOUTS {
+        let id = format!("redis-{i}");
+        assert_eq!(callbacks[&id].len(), 1, "{id}: {:#?}", callbacks[&id]);
+        assert_eq!(callbacks[&id][0]["status"], "COMPLETED");
+        assert_eq!(chats[&id], 2, "{id} ran once");
+    }
+    for host in &replicas.hosts {
+        let (status, health) = host.get("/health", None).await;
+        assert_eq!(status, 200, "{health}");
+        assert!(health["cluster"].get("redis").is_none(), "{health}");
+    }
+}
