@@ -38,6 +38,8 @@ for script in plugins/calc-py/build.sh plugins/calc-js/build.sh \
   bash "$script" >/dev/null
 done
 
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml==6.0.3
+python3 deploy/check.py
 (cd guest-sdk/python && python3 -m unittest --quiet)
 (cd plugins/calc-py && python3 -m unittest --quiet)
 (cd guest-sdk/js && node --test)
