@@ -7,7 +7,7 @@
 //!     [--rollouts N] [--concurrency C]
 //!     [--trainer-latency-ms L] [--tool-turns T] [--logprobs-tokens K]
 //!     [--warmup W] [--init-parallelism P] [--sample-every-s S]
-//!     [--idle-after-s I] [-- HOST ARGS...]
+//!     [--idle-after-s I] [--replicas N] [-- HOST ARGS...]
 //! ```
 //!
 //! Prints throughput, init and end-to-end latency percentiles, the host's CPU
@@ -22,7 +22,10 @@
 //! another build of the host, to compare builds in alternating runs.
 //! `--against-reference` then runs the same against the Python reference
 //! server (`osmosis serve` with the calculator agent of `bench/reference/`,
-//! installed there on first use) and prints the ratios.
+//! installed there on first use) and prints the ratios. `--replicas N`
+//! serves through N hosts sharing a `redis-server` (`--redis`) behind
+//! `haproxy` (round robin), all on this machine, and adds each process's
+//! CPU per rollout (the hosts' line is then the first replica's).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -60,6 +63,8 @@ struct Options {
     host_args: Vec<String>,
     /// The plugin served (default: the Rust calculator, built here).
     plugin: Option<std::path::PathBuf>,
+    /// Serve through this many replicas behind haproxy (0: one host, direct).
+    replicas: usize,
     /// Then run the same against the reference server (`osmosis serve`
     /// with the calculator, `bench/reference/serve.sh`).
     against_reference: bool,
@@ -79,6 +84,7 @@ fn parse_args() -> Result<Options, String> {
         host_args: Vec::new(),
         plugin: None,
         against_reference: false,
+        replicas: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -105,6 +111,7 @@ fn parse_args() -> Result<Options, String> {
                 o.plugin = Some(args.next().ok_or("--plugin needs a path")?.into());
             }
             "--against-reference" => o.against_reference = true,
+            "--replicas" => o.replicas = value("--replicas")?,
             "--bench" => {} // passed by `cargo bench`
             // `cargo bench` appends `--bench`, after ours too.
             "--" => o.host_args.extend(args.by_ref().filter(|a| a != "--bench")),
@@ -217,16 +224,118 @@ async fn completed(State(t): State<Arc<Trainer>>, body: Bytes) -> StatusCode {
 struct Host {
     child: Child,
     url: String,
+    /// With `--replicas`: the other processes serving (the other hosts,
+    /// Redis, haproxy), by role.
+    beside: Vec<(String, Child)>,
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in std::iter::once(&mut self.child).chain(self.beside.iter_mut().map(|(_, c)| c))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `--replicas N`: a `redis-server`, N hosts sharing it and `haproxy` in
+/// front of them (round robin); the host's `url` is the balancer's.
+async fn start_replicas(plugin: &Path, o: &Options) -> Host {
+    let redis_port = free_port().to_string();
+    let redis = Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &redis_port,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server (./test.sh installs it)");
+    let mut beside = vec![("redis".to_owned(), redis)];
+    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let mut hosts: Vec<Host> = Vec::new();
+    for i in 1..=o.replicas {
+        let mut args = o.host_args.clone();
+        args.extend([
+            "--redis".into(),
+            redis_url.clone(),
+            "--replica-id".into(),
+            format!("r{i}"),
+        ]);
+        hosts.push(start_host_with(plugin, o, &args));
+    }
+    let port = free_port();
+    let mut config = format!(
+        "global\n  maxconn 9000\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 120s\n  \
+         timeout server 120s\nfrontend rollouts\n  bind 127.0.0.1:{port}\n  default_backend replicas\n\
+         backend replicas\n  balance roundrobin\n"
+    );
+    for (i, host) in hosts.iter().enumerate() {
+        config.push_str(&format!(
+            "  server r{} {}\n",
+            i + 1,
+            host.url.trim_start_matches("http://")
+        ));
+    }
+    let file =
+        std::env::temp_dir().join(format!("rollouts-bench-haproxy-{}.cfg", std::process::id()));
+    std::fs::write(&file, config).expect("write haproxy.cfg");
+    let mut haproxy = Command::new("haproxy")
+        .arg("-f")
+        .arg(&file)
+        .arg("-db")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start haproxy (./test.sh installs it)");
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    while !client
+        .get(format!("{url}/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        if let Ok(Some(status)) = haproxy.try_wait() {
+            eprintln!("rollouts bench: haproxy exited ({status}); its output is above");
+            std::process::exit(1);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut hosts = hosts.into_iter();
+    let mut first = hosts.next().expect("--replicas is at least 1");
+    for (i, mut host) in hosts.enumerate() {
+        beside.push((format!("host r{}", i + 2), take_child(&mut host)));
+    }
+    beside.push(("haproxy".to_owned(), haproxy));
+    first.beside = beside;
+    first.url = url;
+    first
+}
+
+/// Takes a host's process out (so dropping the `Host` leaves it running).
+fn take_child(host: &mut Host) -> Child {
+    let placeholder = Command::new("true").spawn().expect("spawn true");
+    std::mem::replace(&mut host.child, placeholder)
+}
+
 fn start_host(plugin: &Path, o: &Options) -> Host {
+    start_host_with(plugin, o, &o.host_args)
+}
+
+fn start_host_with(plugin: &Path, o: &Options, host_args: &[String]) -> Host {
     let max_concurrent = o.concurrency.max(100).to_string();
     let max_queued = o.concurrency.max(1000).to_string();
     // ROLLOUT_BENCH_HOST runs another build (to compare builds in turns).
@@ -244,7 +353,7 @@ fn start_host(plugin: &Path, o: &Options) -> Host {
             &max_concurrent,
         ])
         .args(["--max-queued", &max_queued])
-        .args(&o.host_args)
+        .args(host_args)
         .env("RUST_LOG", "warn,rollout_host::server=info")
         .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::null())
@@ -265,7 +374,11 @@ fn start_host(plugin: &Path, o: &Options) -> Host {
         let _ = tx.send(Err(()));
     });
     match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(Ok(url)) => Host { child, url },
+        Ok(Ok(url)) => Host {
+            child,
+            url,
+            beside: Vec::new(),
+        },
         _ => {
             eprintln!("rollouts bench: rollout-host did not start (its output is above)");
             std::process::exit(1);
@@ -292,6 +405,7 @@ async fn start_reference() -> Host {
     let host = Host {
         child,
         url: format!("http://127.0.0.1:{port}"),
+        beside: Vec::new(),
     };
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -343,6 +457,12 @@ fn process_usage(pid: u32) -> Usage {
         anon_kib: kib("RssAnon:"),
         image_kib: kib("RssFile:") + kib("RssShmem:"),
     }
+}
+
+/// A process's CPU time so far (user + system).
+fn cpu(pid: u32) -> Duration {
+    let usage = process_usage(pid);
+    usage.user + usage.system
 }
 
 /// The process's proportional set size in KiB: each page counted once
@@ -691,7 +811,12 @@ fn main() {
     rollout_host::runtime::capacity::raise_open_file_limit();
     let trainer_handle = trainer_runtime.handle().clone();
     runtime.block_on(async move {
-        let ours = measure(start_host(&plugin, &o), "rollout-host", "", &trainer, &trainer_url, &trainer_handle, &o).await;
+        let host = if o.replicas > 0 {
+            start_replicas(&plugin, &o).await
+        } else {
+            start_host(&plugin, &o)
+        };
+        let ours = measure(host, "rollout-host", "", &trainer, &trainer_url, &trainer_handle, &o).await;
         if o.against_reference {
             println!();
             let reference = measure(
@@ -746,6 +871,7 @@ async fn measure(
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = process_usage(pid);
+    let beside_before: Vec<Duration> = host.beside.iter().map(|(_, c)| cpu(c.id())).collect();
     let bench_before = process_usage(std::process::id());
     let sampler = RssSampler::start(pid);
     let stop_samples = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -768,6 +894,12 @@ async fn measure(
     )
     .await;
     let after = process_usage(pid);
+    let beside_cpu: Vec<(&str, Duration)> = host
+        .beside
+        .iter()
+        .zip(beside_before)
+        .map(|((role, c), before)| (role.as_str(), cpu(c.id()).saturating_sub(before)))
+        .collect();
     let bench_after = process_usage(std::process::id());
     let sampled = sampler.stop();
     stop_samples.store(true, Ordering::Relaxed);
@@ -813,6 +945,31 @@ async fn measure(
         per_rollout(system),
         (user + system).as_secs_f64()
     );
+    if !beside_cpu.is_empty() {
+        let hosts: Duration = beside_cpu
+            .iter()
+            .filter(|(role, _)| role.starts_with("host"))
+            .map(|(_, d)| *d)
+            .sum::<Duration>()
+            + user
+            + system;
+        let each: Vec<String> = beside_cpu
+            .iter()
+            .map(|(role, d)| format!("{role} {:.0}", per_rollout(*d)))
+            .collect();
+        let all = hosts
+            + beside_cpu
+                .iter()
+                .filter(|(role, _)| !role.starts_with("host"))
+                .map(|(_, d)| *d)
+                .sum::<Duration>();
+        println!(
+            "  replicas CPU per rollout: all hosts {:.0} us, everything serving {:.0} us (the line above is r1's; {})",
+            per_rollout(hosts),
+            per_rollout(all),
+            each.join(", ")
+        );
+    }
     let bench_cpu = (bench_after.user + bench_after.system)
         .saturating_sub(bench_before.user + bench_before.system);
     println!(
