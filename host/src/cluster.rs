@@ -12,6 +12,8 @@
 //! - `P:D:status:ID`: `R<replica>` while it runs, then its final status.
 //! - `P:replica:R`: a replica's counts, renewed every [`BEAT_EVERY`]; gone
 //!   after [`BEAT_TTL`] when the replica is. `P:replicas` lists them.
+//! - `P:cancel`: a channel; a cancel received by one replica is published
+//!   there for the others to apply to their own rollouts.
 //!
 //! Redis unreachable: inits are refused with 503 (the trainer retries), so
 //! no key is run twice; running rollouts go on and call back; their final
@@ -22,6 +24,7 @@
 
 use crate::live::{Progress, Status};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Value};
 use serde::{Deserialize, Serialize};
@@ -57,6 +60,8 @@ pub enum ClusterError {
 
 /// The replicas' shared state in Redis.
 pub struct Cluster {
+    /// For the cancel channel's subscription (a connection of its own).
+    client: redis::Client,
     redis: ConnectionManager,
     prefix: String,
     replica: Arc<str>,
@@ -128,8 +133,10 @@ impl Cluster {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let redis = ConnectionManager::new_lazy_with_config(client, config).map_err(url_error)?;
+        let redis =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(url_error)?;
         Ok(Self {
+            client,
             redis,
             prefix: prefix.to_owned(),
             replica: replica.into(),
@@ -155,6 +162,78 @@ impl Cluster {
 
     fn replicas_key(&self) -> String {
         format!("{}:replicas", self.prefix)
+    }
+
+    fn cancel_channel(&self) -> String {
+        format!("{}:cancel", self.prefix)
+    }
+
+    /// Asks the other replicas to cancel `selection` (a cancel request's
+    /// JSON body) in `deployment`; answers how many replicas heard it.
+    pub async fn tell_cancel(
+        &self,
+        deployment: &str,
+        selection: &[u8],
+    ) -> Result<usize, ClusterError> {
+        let selection: &serde_json::value::RawValue = serde_json::from_slice(selection)
+            .map_err(|_| ClusterError::Foreign("a cancel body".to_owned()))?;
+        let message = serde_json::json!({
+            "from": &*self.replica,
+            "deployment": deployment,
+            "selection": selection,
+        });
+        let heard: usize = redis::cmd("PUBLISH")
+            .arg(self.cancel_channel())
+            .arg(message.to_string())
+            .query_async(&mut self.redis.clone())
+            .await?;
+        // Counting this replica, which hears its own.
+        Ok(heard.saturating_sub(1))
+    }
+
+    /// Applies the other replicas' cancels here: `apply(deployment,
+    /// selection)` for each. Subscribes again when the connection drops (a
+    /// cancel sent meanwhile is not heard here). Runs until dropped.
+    pub async fn hear_cancels(&self, apply: impl Fn(&str, &[u8])) {
+        let mut failing = false;
+        loop {
+            let subscribed = async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(self.cancel_channel()).await?;
+                Ok::<_, RedisError>(pubsub)
+            };
+            match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
+                Ok(Ok(mut pubsub)) => {
+                    if failing {
+                        tracing::info!("listening for the other replicas' cancels again");
+                        failing = false;
+                    }
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        let Ok(payload) = message.get_payload::<Vec<u8>>() else {
+                            continue;
+                        };
+                        match serde_json::from_slice::<CancelMessage>(&payload) {
+                            Ok(m) if *m.from != *self.replica => {
+                                apply(&m.deployment, m.selection.get().as_bytes());
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "a cancel message rollout-host did not write")
+                            }
+                        }
+                    }
+                }
+                Ok(Err(_)) | Err(_) => {}
+            }
+            if !failing {
+                tracing::warn!(
+                    "not listening for the other replicas' cancels: Redis is unreachable"
+                );
+                failing = true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Claims `key` of `deployment` for this replica, or waits for the
@@ -349,6 +428,13 @@ impl Cluster {
         }
         Ok(totals)
     }
+}
+
+#[derive(Deserialize)]
+struct CancelMessage {
+    from: String,
+    deployment: String,
+    selection: Box<serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize)]

@@ -5,7 +5,7 @@
 
 use crate::harness::{Serial, Server, Trainer, calculator_script, client, init_body, plugin};
 use bytes::Bytes;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -125,6 +125,10 @@ struct Replicas {
 
 impl Replicas {
     async fn start(n: usize, args: &[&str]) -> Replicas {
+        Self::start_serving(&plugin("calc"), n, args).await
+    }
+
+    async fn start_serving(agent: &Path, n: usize, args: &[&str]) -> Replicas {
         let serial = Serial::acquire();
         let dir = tempfile::tempdir().expect("tempdir");
         let redis = Redis::start(dir.path());
@@ -134,7 +138,7 @@ impl Replicas {
                 let replica = format!("r{i}");
                 let mut all = vec!["--redis", &redis_url, "--replica-id", &replica];
                 all.extend_from_slice(args);
-                Server::start_beside(&plugin("calc"), &all, &serial)
+                Server::start_beside(agent, &all, &serial)
             })
             .collect();
         let port = free_port();
@@ -185,6 +189,31 @@ impl Replicas {
             .send()
             .await
             .expect("GET /health");
+        assert_eq!(answer.status(), 200);
+        answer.json().await.expect("JSON")
+    }
+
+    /// `GET path` at replica `replica`, through the balancer.
+    async fn get_at(&self, replica: &str, path: &str) -> Value {
+        let answer = client()
+            .get(format!("{}{path}", self.url))
+            .header("x-replica", replica)
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(answer.headers()[REPLICA], replica);
+        answer.json().await.expect("JSON")
+    }
+
+    /// `POST /v1/rollout/cancel` with `body` at replica `replica`.
+    async fn cancel_at(&self, replica: &str, body: Value) -> Value {
+        let answer = client()
+            .post(format!("{}/v1/rollout/cancel", self.url))
+            .header("x-replica", replica)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST cancel");
         assert_eq!(answer.status(), 200);
         answer.json().await.expect("JSON")
     }
@@ -533,5 +562,108 @@ async fn a_redis_restart_refuses_inits_meanwhile_and_runs_no_claimed_rollout_twi
         let (status, health) = host.get("/health", None).await;
         assert_eq!(status, 200, "{health}");
         assert!(health["cluster"].get("redis").is_none(), "{health}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_to_one_replica_stops_the_rollouts_of_every_replica() {
+    // The trainer never answers in time: every rollout waits in its chat.
+    let trainer = Trainer::slow(Duration::from_secs(60)).await;
+    let replicas = Replicas::start(3, &[]).await;
+    let none = AtomicUsize::new(0);
+    for i in 0..9 {
+        for step in ["step", "other"] {
+            let body = init_body(&format!("{step}-{i}"), &trainer);
+            let answer = init_via(&replicas.url, &body, Some(&replica(i)), &none).await;
+            assert_eq!((answer.status, answer.replica), (202, replica(i)));
+        }
+    }
+    // Each replica's rollouts are waiting in their first chat.
+    while trainer.chats().len() < 18 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let answer = replicas.cancel_at("r1", json!({"prefix": "step-"})).await;
+    assert_eq!(answer["replicas_told"], 2, "{answer}");
+    let here = answer["dispositions"].as_object().unwrap();
+    assert_eq!(here.len(), 3, "r1 lists its own: {answer}");
+    trainer.wait_completions(9, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (callbacks, _) = by_rollout(&trainer);
+    assert_eq!(
+        callbacks.len(),
+        9,
+        "only the step- rollouts: {:?}",
+        callbacks.keys()
+    );
+    for i in 0..9 {
+        let done = &callbacks[&format!("step-{i}")];
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0]["status"], "ERROR");
+        let message = done[0]["error_message"].as_str().unwrap_or("");
+        assert!(message.contains("cancelled"), "{message}");
+    }
+    // Asked at r3, a rollout r2 ran: its status from Redis.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = replicas.status_at("r3", "step-1").await;
+        if status["status"] == "cancelled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // By id, at a replica that runs neither: answered from Redis.
+    let answer = replicas
+        .cancel_at("r3", json!({"ids": ["other-1", "step-1", "nobody"]}))
+        .await;
+    assert_eq!(
+        answer["dispositions"],
+        json!({"other-1": "cancelled_running", "step-1": "already_finished", "nobody": "not_found"}),
+        "{answer}"
+    );
+    trainer.wait_completions(10, Duration::from_secs(10)).await;
+    let done = trainer.single_completion("other-1").await;
+    assert_eq!(done["status"], "ERROR", "{done}");
+    assert!(trainer.completion_for("other-0").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_the_config_map_swaps_the_plugin_on_every_replica() {
+    // The layout the kubelet writes a ConfigMap volume in: the file is a
+    // link through `..data`, which an update points at a new directory.
+    let volume = tempfile::tempdir().expect("tempdir");
+    let dir = volume.path();
+    let publish = |version: &str, wasm: &Path| {
+        std::fs::create_dir(dir.join(version)).unwrap();
+        std::fs::copy(wasm, dir.join(version).join("agent.wasm")).unwrap();
+        std::os::unix::fs::symlink(version, dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    };
+    publish("..v1", &plugin("calc"));
+    std::os::unix::fs::symlink("..data/agent.wasm", dir.join("agent.wasm")).unwrap();
+    let replicas = Replicas::start_serving(&dir.join("agent.wasm"), 3, &["--reload"]).await;
+    for r in ["r1", "r2", "r3"] {
+        assert_eq!(
+            replicas.get_at(r, "/health").await["agent_loop"],
+            "calculator"
+        );
+    }
+
+    publish("..v2", &plugin("misbehave"));
+    std::fs::remove_dir_all(dir.join("..v1")).unwrap();
+    let sha = crate::harness::sha256_file(&plugin("misbehave"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for r in ["r1", "r2", "r3"] {
+        loop {
+            let health = replicas.get_at(r, "/health").await;
+            if health["agent_loop"] == "misbehave" {
+                assert_eq!(health["build"]["plugin_sha256"], sha.as_str(), "{health}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{r} still serves {health}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

@@ -368,10 +368,19 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         tokio::spawn(allocator::heartbeat()),
         app.guests.spawn(allocator::heartbeat()),
     ];
-    let beats = app
-        .cluster
-        .is_some()
-        .then(|| tokio::spawn(beat(app.clone())));
+    let beats = app.cluster.clone().map(|cluster| {
+        let heard = app.clone();
+        [
+            tokio::spawn(beat(app.clone())),
+            tokio::spawn(async move {
+                cluster
+                    .hear_cancels(|deployment, selection| {
+                        rollouts::cancel_told(&heard, deployment, selection)
+                    })
+                    .await
+            }),
+        ]
+    });
     let mut reloads = vec![tokio::spawn(swap::reload_on_hangup(app.clone(), hangups))];
     if config.reload {
         reloads.push(tokio::spawn(swap::reload_on_change(
@@ -393,9 +402,7 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     heartbeats.iter().for_each(|h| h.abort());
     reloads.iter().for_each(|r| r.abort());
     drain(&app, config.shutdown_grace).await;
-    if let Some(beats) = beats {
-        beats.abort();
-    }
+    beats.iter().flatten().for_each(|task| task.abort());
     if let Some(cluster) = &app.cluster
         && let Err(e) = cluster.leave().await
     {

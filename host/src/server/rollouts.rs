@@ -6,7 +6,7 @@
 use super::init::no_such_deployment;
 use super::{App, Deployment, auth, json_error};
 use crate::cluster::SharedStatus;
-use crate::live::{Progress, Selection, Status};
+use crate::live::{Disposition, Progress, Selection, Status};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -138,20 +138,66 @@ async fn cancel(app: &App, deployment: &Deployment, headers: &HeaderMap, body: B
         Ok(selection) => selection,
         Err(message) => return json_error(StatusCode::UNPROCESSABLE_ENTITY, &message),
     };
+    let mut dispositions = cancel_here(deployment, &selection);
+    let Some(cluster) = &app.cluster else {
+        return Json(json!({ "dispositions": to_map(dispositions) })).into_response();
+    };
+    // The other replicas cancel theirs; an id not found here is answered
+    // from its status in Redis.
+    let told = match cluster.tell_cancel(&deployment.name, &bytes).await {
+        Ok(heard) => json!(heard),
+        Err(e) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("cannot tell the other replicas to cancel: {e}"),
+            );
+        }
+    };
+    for (id, disposition) in &mut dispositions {
+        if *disposition != Disposition::NotFound {
+            continue;
+        }
+        *disposition = match cluster.status(&deployment.name, id).await {
+            Ok(Some(SharedStatus::Running { alive: true, .. })) => Disposition::CancelledRunning,
+            Ok(Some(SharedStatus::Ended(_))) => Disposition::AlreadyFinished,
+            _ => Disposition::NotFound,
+        };
+    }
+    Json(json!({ "dispositions": to_map(dispositions), "replicas_told": told })).into_response()
+}
+
+/// Cancels `selection` among this replica's rollouts of `deployment`.
+pub fn cancel_here(deployment: &Deployment, selection: &Selection) -> Vec<(String, Disposition)> {
     let dispositions = deployment
         .live
-        .cancel(&selection, |id| deployment.idempotency.ended(id).is_some());
+        .cancel(selection, |id| deployment.idempotency.ended(id).is_some());
     tracing::info!(
         deployment = %deployment.name,
         ?selection,
         cancelled = dispositions.len(),
         "cancel requested"
     );
-    let dispositions: Map<String, Value> = dispositions
+    dispositions
+}
+
+fn to_map(dispositions: Vec<(String, Disposition)>) -> Map<String, Value> {
+    dispositions
         .into_iter()
         .map(|(id, d)| (id, Value::from(d.as_str())))
-        .collect();
-    Json(json!({ "dispositions": dispositions })).into_response()
+        .collect()
+}
+
+/// Applies another replica's cancel (`--redis`) to this one's rollouts.
+pub fn cancel_told(app: &App, deployment: &str, body: &[u8]) {
+    let Some(deployment) = app.deployment(deployment) else {
+        return;
+    };
+    match selection(body) {
+        Ok(selection) => {
+            cancel_here(&deployment, &selection);
+        }
+        Err(e) => tracing::warn!(error = %e, "another replica's cancel cannot be read"),
+    }
 }
 
 /// The body: exactly one of `{"ids": [...]}`, `{"prefix": "..."}`,
