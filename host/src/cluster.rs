@@ -29,9 +29,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// How long a claim whose answer is being computed lives without renewal.
 pub const CLAIM_TTL: Duration = Duration::from_secs(10);
@@ -67,6 +68,19 @@ pub struct Cluster {
     replica: Arc<str>,
     /// Claims made, to tell this replica's claims apart.
     claims: AtomicU64,
+    /// Rollouts' ends for [`Cluster::write_ends`], and how many are not
+    /// written yet.
+    ends: mpsc::UnboundedSender<End>,
+    ends_rx: Mutex<Option<mpsc::UnboundedReceiver<End>>>,
+    ends_waiting: AtomicUsize,
+}
+
+/// A rollout's end, to be written.
+struct End {
+    init_key: String,
+    status_key: String,
+    status: String,
+    ttl: u64,
 }
 
 /// What a claim on a key found.
@@ -135,12 +149,16 @@ impl Cluster {
             .set_max_delay(Duration::from_millis(500));
         let redis =
             ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(url_error)?;
+        let (ends, ends_rx) = mpsc::unbounded_channel();
         Ok(Self {
             client,
             redis,
             prefix: prefix.to_owned(),
             replica: replica.into(),
             claims: AtomicU64::new(0),
+            ends,
+            ends_rx: Mutex::new(Some(ends_rx)),
+            ends_waiting: AtomicUsize::new(0),
         })
     }
 
@@ -202,29 +220,28 @@ impl Cluster {
                 pubsub.subscribe(self.cancel_channel()).await?;
                 Ok::<_, RedisError>(pubsub)
             };
-            match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
-                Ok(Ok(mut pubsub)) => {
-                    if failing {
-                        tracing::info!("listening for the other replicas' cancels again");
-                        failing = false;
-                    }
-                    let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
-                        let Ok(payload) = message.get_payload::<Vec<u8>>() else {
-                            continue;
-                        };
-                        match serde_json::from_slice::<CancelMessage>(&payload) {
-                            Ok(m) if *m.from != *self.replica => {
-                                apply(&m.deployment, m.selection.get().as_bytes());
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::warn!(error = %e, "a cancel message rollout-host did not write")
-                            }
+            if let Ok(Ok(mut pubsub)) =
+                tokio::time::timeout(Duration::from_secs(2), subscribed).await
+            {
+                if failing {
+                    tracing::info!("listening for the other replicas' cancels again");
+                    failing = false;
+                }
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    let Ok(payload) = message.get_payload::<Vec<u8>>() else {
+                        continue;
+                    };
+                    match serde_json::from_slice::<CancelMessage>(&payload) {
+                        Ok(m) if *m.from != *self.replica => {
+                            apply(&m.deployment, m.selection.get().as_bytes());
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "a cancel message rollout-host did not write")
                         }
                     }
                 }
-                Ok(Err(_)) | Err(_) => {}
             }
             if !failing {
                 tracing::warn!(
@@ -284,33 +301,62 @@ impl Cluster {
     }
 
     /// `rollout_id` of `deployment` (idempotency `key`) has ended: its
-    /// answer and status are kept `ttl` from now.
-    pub async fn ended(
+    /// answer and status are kept `ttl` from now. Written in the background
+    /// by [`Cluster::write_ends`], many rollouts' ends in one round trip.
+    pub fn ended(
         &self,
         deployment: &str,
         key: &str,
         rollout_id: &str,
         progress: Progress,
         ttl: Duration,
-    ) -> Result<(), ClusterError> {
+    ) {
         let status = serde_json::json!({
             "status": progress.status.as_str(),
             "reward": progress.reward,
         });
-        redis::pipe()
-            .cmd("PEXPIRE")
-            .arg(self.init_key(deployment, key))
-            .arg(millis(ttl))
-            .ignore()
-            .cmd("SET")
-            .arg(self.status_key(deployment, rollout_id))
-            .arg(format!("E{status}"))
-            .arg("PX")
-            .arg(millis(ttl))
-            .ignore()
-            .query_async::<()>(&mut self.redis.clone())
-            .await?;
-        Ok(())
+        let end = End {
+            init_key: self.init_key(deployment, key),
+            status_key: self.status_key(deployment, rollout_id),
+            status: format!("E{status}"),
+            ttl: millis(ttl),
+        };
+        self.ends_waiting.fetch_add(1, Ordering::Relaxed);
+        if self.ends.send(end).is_err() {
+            self.ends_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the rollouts' ends as they come, each batch in one pipeline;
+    /// a batch Redis does not take is dropped (those rollouts' status stays
+    /// `running` in Redis until their records expire). Runs until dropped.
+    pub async fn write_ends(&self) {
+        let Some(mut ends) = self
+            .ends_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(256);
+        while ends.recv_many(&mut batch, 256).await > 0 {
+            let mut pipe = redis::pipe();
+            for end in &batch {
+                pipe.cmd("PEXPIRE").arg(&end.init_key).arg(end.ttl).ignore();
+                pipe.cmd("SET")
+                    .arg(&end.status_key)
+                    .arg(&end.status)
+                    .arg("PX")
+                    .arg(end.ttl)
+                    .ignore();
+            }
+            if let Err(e) = pipe.query_async::<()>(&mut self.redis.clone()).await {
+                tracing::warn!(error = %e, rollouts = batch.len(), "the rollouts' ends cannot be recorded in Redis");
+            }
+            self.ends_waiting.fetch_sub(batch.len(), Ordering::Relaxed);
+            batch.clear();
+        }
     }
 
     /// The status of `rollout_id` of `deployment`, when Redis knows it.
@@ -371,8 +417,13 @@ impl Cluster {
         Ok(())
     }
 
-    /// This replica stops: its counts go at once.
+    /// This replica stops: the last ends are written (for at most 2 s) and
+    /// its counts go at once.
     pub async fn leave(&self) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.ends_waiting.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         redis::pipe()
             .cmd("DEL")
             .arg(self.replica_key(&self.replica))

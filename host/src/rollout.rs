@@ -199,18 +199,14 @@ pub async fn run(app: Arc<App>, starting: Starting, finished: Finished) {
         deployment.stats.completed.fetch_add(1, Ordering::Relaxed);
         drop(admission);
         drop(version);
-        if let Some(cluster) = &app.cluster
-            && let Err(e) = cluster
-                .ended(
-                    &deployment.name,
-                    request.idempotency_key(),
-                    &request.rollout_id,
-                    ended,
-                    app.config.record_ttl,
-                )
-                .await
-        {
-            tracing::warn!(error = %e, "the rollout's end cannot be recorded in Redis");
+        if let Some(cluster) = &app.cluster {
+            cluster.ended(
+                &deployment.name,
+                request.idempotency_key(),
+                &request.rollout_id,
+                ended,
+                app.config.record_ttl,
+            );
         }
     }
     .instrument(span)

@@ -370,8 +370,10 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     ];
     let beats = app.cluster.clone().map(|cluster| {
         let heard = app.clone();
+        let writer = cluster.clone();
         [
             tokio::spawn(beat(app.clone())),
+            tokio::spawn(async move { writer.write_ends().await }),
             tokio::spawn(async move {
                 cluster
                     .hear_cancels(|deployment, selection| {
@@ -402,11 +404,16 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     heartbeats.iter().for_each(|h| h.abort());
     reloads.iter().for_each(|r| r.abort());
     drain(&app, config.shutdown_grace).await;
-    beats.iter().flatten().for_each(|task| task.abort());
-    if let Some(cluster) = &app.cluster
-        && let Err(e) = cluster.leave().await
-    {
-        tracing::warn!(error = %e, "cannot take this replica's counts out of Redis; they expire");
+    if let Some([beat, writer, hearing]) = &beats {
+        // No beat after leaving; the writer writes the last ends first.
+        beat.abort();
+        hearing.abort();
+        if let Some(cluster) = &app.cluster
+            && let Err(e) = cluster.leave().await
+        {
+            tracing::warn!(error = %e, "cannot take this replica's counts out of Redis; they expire");
+        }
+        writer.abort();
     }
     app.deliveries.stop();
     if let Some(journal) = app.deliveries.journal()
