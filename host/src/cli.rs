@@ -179,7 +179,8 @@ pub struct ServeArgs {
         long,
         env = "ROLLOUT_REDIS_URL",
         value_name = "URL",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = redis_url
     )]
     pub redis: Option<String>,
 
@@ -196,7 +197,7 @@ pub struct ServeArgs {
     /// This replica's name among the others (in /health, status lookups
     /// and the `x-rollout-host-replica` response header); default
     /// HOSTNAME-PID.
-    #[arg(long, env = "ROLLOUT_REPLICA_ID", value_name = "NAME")]
+    #[arg(long, env = "ROLLOUT_REPLICA_ID", value_name = "NAME", value_parser = replica_name)]
     pub replica_id: Option<String>,
 
     #[command(flatten)]
@@ -544,6 +545,22 @@ impl ServeArgs {
             warm_slots: self.warm_slots,
             compile_cache: self.cache.dir(),
         })
+    }
+}
+
+/// `--redis`: a URL the Redis client takes (nothing is connected yet).
+fn redis_url(value: &str) -> Result<String, String> {
+    redis::Client::open(value)
+        .map(|_| value.to_owned())
+        .map_err(|e| format!("not a Redis URL ({e}); e.g. redis://host:6379"))
+}
+
+/// `--replica-id`: printable ASCII without spaces (it goes in a header).
+fn replica_name(value: &str) -> Result<String, String> {
+    if (1..=128).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(value.to_owned())
+    } else {
+        Err("use 1-128 printable ASCII characters without spaces".to_owned())
     }
 }
 

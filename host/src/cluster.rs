@@ -66,7 +66,10 @@ pub struct Cluster {
     redis: ConnectionManager,
     prefix: String,
     replica: Arc<str>,
-    /// Claims made, to tell this replica's claims apart.
+    /// When this process connected (ns), and the claims it made: its claim
+    /// tokens are `P<replica>/<incarnation>-<claims>`, unique across
+    /// restarts under the same name.
+    incarnation: u128,
     claims: AtomicU64,
     /// Rollouts' ends for [`Cluster::write_ends`], and how many are not
     /// written yet.
@@ -155,6 +158,9 @@ impl Cluster {
             redis,
             prefix: prefix.to_owned(),
             replica: replica.into(),
+            incarnation: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
             claims: AtomicU64::new(0),
             ends,
             ends_rx: Mutex::new(Some(ends_rx)),
@@ -263,7 +269,7 @@ impl Cluster {
     ) -> Result<Claimed, ClusterError> {
         let name = self.init_key(deployment, key);
         let n = self.claims.fetch_add(1, Ordering::Relaxed);
-        let token = format!("P{}/{n}", self.replica);
+        let token = format!("P{}/{}-{n}", self.replica, self.incarnation);
         let waited_from = Instant::now();
         let mut pause = Duration::from_millis(2);
         loop {
@@ -628,12 +634,16 @@ impl Drop for Lease {
         if self.settled {
             return;
         }
+        // Outside a runtime (the process is ending) the claim expires.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let cluster = self.cluster.clone();
         let (name, token) = (
             std::mem::take(&mut self.name),
             std::mem::take(&mut self.token),
         );
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             if let Err(e) = cluster.if_ours(&name, &token, None).await {
                 tracing::warn!(error = %e, key = %name, "cannot release the claim; it expires");
             }

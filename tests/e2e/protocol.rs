@@ -92,6 +92,20 @@ async fn malformed_bodies_get_a_json_4xx() {
     let (status, bytes) = server.init_raw(vec![b' '; (16 << 20) + 1], None).await;
     assert_eq!(status, 413);
     assert!(serde_json::from_slice::<Value>(&bytes).is_ok());
+    // The rest of a body over the limit is never read: the connection
+    // closes, and says so, so the client's next request goes on another.
+    for _ in 0..5 {
+        let response = client()
+            .post(format!("{}/v1/rollout/init", server.url))
+            .body(vec![b' '; (16 << 20) + 1])
+            .send()
+            .await
+            .expect("the 413 answer");
+        assert_eq!(response.status(), 413);
+        assert_eq!(response.headers()["connection"], "close");
+        let (status, _) = server.get("/health", None).await;
+        assert_eq!(status, 200, "the next request on the same client");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -692,3 +692,28 @@ async fn replacing_the_config_map_swaps_the_plugin_on_every_replica() {
         }
     }
 }
+
+#[test]
+fn a_bad_redis_url_or_replica_name_is_refused_at_start_with_exit_2() {
+    for (flag, value, expected) in [
+        ("--redis", "localhost:6379", "not a Redis URL"),
+        ("--redis", "redis://", "not a Redis URL"),
+        (
+            "--replica-id",
+            "two words",
+            "printable ASCII characters without spaces",
+        ),
+    ] {
+        let out = Command::new(crate::harness::host_binary())
+            .arg("--plugin")
+            .arg(plugin("calc"))
+            .args([flag, value, "--port", "0"])
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("run rollout-host");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(expected), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(value), "names the value: {stderr}");
+    }
+}

@@ -2,7 +2,7 @@
 //! auth, body cap, validation, idempotency, admission, `get-tools`, then
 //! the run in the background and 202.
 
-use super::{App, Deployment, auth, json_error};
+use super::{App, Deployment, auth, json_error, too_large};
 use crate::cluster::{Claimed, ClusterError, Lease, Stored};
 use crate::fault;
 use crate::idempotency::{self, Claim, InitAnswer, InitOutcome, Ticket};
@@ -75,10 +75,10 @@ async fn answer(
     let bytes = match axum::body::to_bytes(body, app.max_body_bytes).await {
         Ok(b) => b,
         Err(_) => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body is larger than {} bytes", app.max_body_bytes),
-            );
+            return too_large(&format!(
+                "request body is larger than {} bytes",
+                app.max_body_bytes
+            ));
         }
     };
     let request = match parse_init_request(&bytes, app.metadata_limit) {
@@ -199,10 +199,15 @@ async fn admit_and_start(
     };
     if app.deliveries.journal().is_some() || lease.is_some() {
         let entry = journal_entry(&answer, &accepted);
-        match keep(app, &answer, &entry, lease.as_mut()).await {
+        // Shared while the rollout may run and deliver its callback, then
+        // for the record TTL (its end shortens it to that).
+        let ttl = accepted.deployment.limits.wall_clock
+            + app.config.delivery_deadline
+            + app.config.record_ttl;
+        match keep(app, &answer, &entry, lease.as_mut(), ttl).await {
             Kept::Yes => {}
             Kept::No(refused) => return Err(refuse(ticket, refused)),
-            Kept::Unknown(refused, ttl) => {
+            Kept::Unknown(refused) => {
                 let refused = refuse(ticket, refused);
                 if let Some(lease) = lease {
                     tokio::spawn(decide_later(app.clone(), lease, answer, accepted, ttl));
@@ -241,8 +246,8 @@ enum Kept {
     Yes,
     No(Refusal),
     /// Redis did not confirm the answer was stored: refused, unless Redis
-    /// says later that it was (for `Duration` as the record's TTL).
-    Unknown(Refusal, Duration),
+    /// says later that it was.
+    Unknown(Refusal),
 }
 
 /// How long a replica asks Redis about an answer it could not confirm
@@ -254,8 +259,14 @@ const CONFIRM_LATER: Duration = Duration::from_secs(3600);
 /// Keeps the accepted rollout where a restart and the other replicas find
 /// it, before the trainer hears of it: in the journal (a crash from here on
 /// still ends in a callback), then in Redis (a duplicate on another replica
-/// gets this answer).
-async fn keep(app: &App, answer: &InitAnswer, entry: &Entry, lease: Option<&mut Lease>) -> Kept {
+/// gets this answer, for `ttl`).
+async fn keep(
+    app: &App,
+    answer: &InitAnswer,
+    entry: &Entry,
+    lease: Option<&mut Lease>,
+    ttl: Duration,
+) -> Kept {
     let journal = app.deliveries.journal();
     if let Some(journal) = journal
         && let Err(e) = journal.put(entry).await
@@ -269,17 +280,6 @@ async fn keep(app: &App, answer: &InitAnswer, entry: &Entry, lease: Option<&mut 
     let Some(lease) = lease else {
         return Kept::Yes;
     };
-    let forget = || {
-        if let Some(journal) = journal {
-            journal.remove(&entry.deployment, &entry.key);
-        }
-    };
-    // Kept while the rollout may run and be delivered, then the record
-    // TTL; its end shortens it to the TTL.
-    let run_for = app
-        .deployment(&entry.deployment)
-        .map_or(Duration::ZERO, |d| d.limits.wall_clock);
-    let ttl = run_for + app.config.delivery_deadline + app.config.record_ttl;
     let (deployment, id) = (&entry.deployment, &*answer.rollout_id);
     let error = match lease.accept(deployment, id, &answer.body(), ttl).await {
         Ok(()) => return Kept::Yes,
@@ -289,12 +289,14 @@ async fn keep(app: &App, answer: &InitAnswer, entry: &Entry, lease: Option<&mut 
             Stored::No => e,
             Stored::Unknown => {
                 tracing::warn!(error = %e, "init refused: Redis did not confirm the answer; asking again in the background");
-                return Kept::Unknown(unshared(&e), ttl);
+                return Kept::Unknown(unshared(&e));
             }
         },
     };
     tracing::warn!(error = %error, "init refused: the answer cannot be shared with the other replicas");
-    forget();
+    if let Some(journal) = journal {
+        journal.remove(&entry.deployment, &entry.key);
+    }
     Kept::No(unshared(&error))
 }
 

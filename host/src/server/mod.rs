@@ -531,6 +531,18 @@ async fn answer_panics(request: Request, next: Next) -> Response {
     }
 }
 
+/// 413 for a body over its limit, read only in part: the connection
+/// closes after the answer (the rest of the body is never read), and says
+/// so, so the client does not send its next request on it.
+pub fn too_large(message: &str) -> Response {
+    let mut response = json_error(StatusCode::PAYLOAD_TOO_LARGE, message);
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// `{"detail": message}` with `status`, FastAPI's error shape.
 pub fn json_error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "detail": message }))).into_response()
