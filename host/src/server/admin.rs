@@ -12,7 +12,7 @@
 use super::deployment::PluginBytes;
 use super::init::no_such_deployment;
 use super::swap::{Source, SwapError, Version};
-use super::{App, Deployment, auth, json_error, too_large, valid_name};
+use super::{App, Deployment, auth, json_error, valid_name};
 use crate::runtime::LoadError;
 use axum::Json;
 use axum::body::Body;
@@ -72,10 +72,13 @@ pub async fn put(
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => bytes.to_vec(),
         Err(_) => {
-            return too_large(&format!(
-                "the plugin is larger than {limit} bytes (--max-upload-mib {})",
-                limit >> 20
-            ));
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "the plugin is larger than {limit} bytes (--max-upload-mib {})",
+                    limit >> 20
+                ),
+            );
         }
     };
     if bytes.is_empty() {

@@ -66,6 +66,9 @@ async fn named_body(app: &App, name: &str) -> Response {
     }
 }
 
+/// How long `/health` waits for the other replicas' counts.
+const ASK_REDIS_AT_MOST: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The deployment's health. With `--redis`, `active_rollouts` and
 /// `completed_rollouts` are totals over the replicas (the others' as of
 /// their last beat) and `replica` has this one's own.
@@ -83,13 +86,21 @@ async fn body(app: &App, d: &Deployment) -> Response {
             "active_rollouts": own.active,
             "completed_rollouts": own.completed,
         });
-        match c.others(&d.name).await {
-            Ok(others) => {
+        // A slow Redis must not fail readiness probes (every replica
+        // would leave the Service at once): the replica's own counts then.
+        match tokio::time::timeout(ASK_REDIS_AT_MOST, c.others(&d.name)).await {
+            Ok(Ok(others)) => {
                 totals.active += others.counts.active;
                 totals.completed += others.counts.completed;
                 about["replicas"] = json!(others.replicas + 1);
             }
-            Err(e) => about["redis"] = json!(format!("unreachable: {e}")),
+            Ok(Err(e)) => about["redis"] = json!(format!("unreachable: {e}")),
+            Err(_) => {
+                about["redis"] = json!(format!(
+                    "unreachable: no answer in {} ms",
+                    ASK_REDIS_AT_MOST.as_millis()
+                ))
+            }
         }
         cluster = Some(about);
     }

@@ -2,7 +2,7 @@
 //! auth, body cap, validation, idempotency, admission, `get-tools`, then
 //! the run in the background and 202.
 
-use super::{App, Deployment, auth, json_error, too_large};
+use super::{App, Deployment, auth, json_error};
 use crate::cluster::{Claimed, ClusterError, Lease, Stored};
 use crate::fault;
 use crate::idempotency::{self, Claim, InitAnswer, InitOutcome, Ticket};
@@ -75,10 +75,10 @@ async fn answer(
     let bytes = match axum::body::to_bytes(body, app.max_body_bytes).await {
         Ok(b) => b,
         Err(_) => {
-            return too_large(&format!(
-                "request body is larger than {} bytes",
-                app.max_body_bytes
-            ));
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body is larger than {} bytes", app.max_body_bytes),
+            );
         }
     };
     let request = match parse_init_request(&bytes, app.metadata_limit) {

@@ -368,7 +368,9 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
         tokio::spawn(allocator::heartbeat()),
         app.guests.spawn(allocator::heartbeat()),
     ];
-    let beats = app.cluster.clone().map(|cluster| {
+    // With --redis: the beat of this replica's counts, the writer of its
+    // rollouts' ends, the listener for the other replicas' cancels.
+    let sharing = app.cluster.clone().map(|cluster| {
         let heard = app.clone();
         let writer = cluster.clone();
         [
@@ -404,7 +406,7 @@ pub async fn run(config: ServerConfig, guests: tokio::runtime::Handle) -> Result
     heartbeats.iter().for_each(|h| h.abort());
     reloads.iter().for_each(|r| r.abort());
     drain(&app, config.shutdown_grace).await;
-    if let Some([beat, writer, hearing]) = &beats {
+    if let Some([beat, writer, hearing]) = &sharing {
         // No beat after leaving; the writer writes the last ends first.
         beat.abort();
         hearing.abort();
@@ -459,7 +461,8 @@ pub fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(|| async {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
         })
-        .layer(axum::middleware::from_fn(answer_panics));
+        .layer(axum::middleware::from_fn(answer_panics))
+        .layer(axum::middleware::from_fn(close_if_body_unread));
     let router = match replica {
         // Which replica answered, for whoever debugs a balancer.
         Some(replica) => router.layer(axum::middleware::map_response(
@@ -515,6 +518,62 @@ async fn beat(app: Arc<App>) {
     }
 }
 
+/// An answer sent before its request's body was read to the end (a 401,
+/// 404 or 413 to an upload, say) closes the connection and says so: the
+/// unread rest of the body would otherwise be taken for the next request,
+/// or the client would send its next request on a connection the server
+/// drops.
+async fn close_if_body_unread(request: Request, next: Next) -> Response {
+    use axum::body::HttpBody;
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (parts, body) = request.into_parts();
+    let body = axum::body::Body::new(ReadToEnd {
+        body,
+        read: read.clone(),
+    });
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if !read.load(Ordering::Relaxed) {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
+/// A request body that notes when it has been read to the end.
+struct ReadToEnd {
+    body: axum::body::Body,
+    read: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for ReadToEnd {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            self.read.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A handler that panics answers 500 with a JSON body (instead of a
 /// dropped connection); the server goes on.
 async fn answer_panics(request: Request, next: Next) -> Response {
@@ -529,18 +588,6 @@ async fn answer_panics(request: Request, next: Next) -> Response {
             )
         }
     }
-}
-
-/// 413 for a body over its limit, read only in part: the connection
-/// closes after the answer (the rest of the body is never read), and says
-/// so, so the client does not send its next request on it.
-pub fn too_large(message: &str) -> Response {
-    let mut response = json_error(StatusCode::PAYLOAD_TOO_LARGE, message);
-    response.headers_mut().insert(
-        axum::http::header::CONNECTION,
-        HeaderValue::from_static("close"),
-    );
-    response
 }
 
 /// `{"detail": message}` with `status`, FastAPI's error shape.

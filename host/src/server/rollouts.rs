@@ -4,7 +4,7 @@
 //! Auth as init: the deployment's API key, when it has one.
 
 use super::init::no_such_deployment;
-use super::{App, Deployment, auth, json_error, too_large};
+use super::{App, Deployment, auth, json_error};
 use crate::cluster::SharedStatus;
 use crate::live::{Disposition, Progress, Selection, Status};
 use axum::Json;
@@ -129,10 +129,10 @@ async fn cancel(app: &App, deployment: &Deployment, headers: &HeaderMap, body: B
         return refusal;
     }
     let Ok(bytes) = axum::body::to_bytes(body, app.max_body_bytes).await else {
-        return too_large(&format!(
-            "request body is larger than {} bytes",
-            app.max_body_bytes
-        ));
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body is larger than {} bytes", app.max_body_bytes),
+        );
     };
     let selection = match selection(&bytes) {
         Ok(selection) => selection,
