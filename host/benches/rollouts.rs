@@ -225,17 +225,25 @@ struct Host {
     child: Child,
     url: String,
     /// With `--replicas`: the other processes serving (the other hosts,
-    /// Redis, haproxy), by role.
-    beside: Vec<(String, Child)>,
+    /// Redis, haproxy), by role; stopped with this one.
+    beside: Vec<(String, Host)>,
+}
+
+impl Host {
+    /// A process serving beside the host (Redis, haproxy).
+    fn process(child: Child) -> Host {
+        Host {
+            child,
+            url: String::new(),
+            beside: Vec::new(),
+        }
+    }
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
-        for child in std::iter::once(&mut self.child).chain(self.beside.iter_mut().map(|(_, c)| c))
-        {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -264,7 +272,7 @@ async fn start_replicas(plugin: &Path, o: &Options) -> Host {
         .stdout(Stdio::null())
         .spawn()
         .expect("start redis-server (./test.sh installs it)");
-    let mut beside = vec![("redis".to_owned(), redis)];
+    let mut beside = vec![("redis".to_owned(), Host::process(redis))];
     let redis_url = format!("redis://127.0.0.1:{redis_port}");
     let mut hosts: Vec<Host> = Vec::new();
     for i in 1..=o.replicas {
@@ -316,19 +324,13 @@ async fn start_replicas(plugin: &Path, o: &Options) -> Host {
     }
     let mut hosts = hosts.into_iter();
     let mut first = hosts.next().expect("--replicas is at least 1");
-    for (i, mut host) in hosts.enumerate() {
-        beside.push((format!("host r{}", i + 2), take_child(&mut host)));
+    for (i, host) in hosts.enumerate() {
+        beside.push((format!("host r{}", i + 2), host));
     }
-    beside.push(("haproxy".to_owned(), haproxy));
+    beside.push(("haproxy".to_owned(), Host::process(haproxy)));
     first.beside = beside;
     first.url = url;
     first
-}
-
-/// Takes a host's process out (so dropping the `Host` leaves it running).
-fn take_child(host: &mut Host) -> Child {
-    let placeholder = Command::new("true").spawn().expect("spawn true");
-    std::mem::replace(&mut host.child, placeholder)
 }
 
 fn start_host(plugin: &Path, o: &Options) -> Host {
@@ -871,7 +873,7 @@ async fn measure(
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = process_usage(pid);
-    let beside_before: Vec<Duration> = host.beside.iter().map(|(_, c)| cpu(c.id())).collect();
+    let beside_before: Vec<Duration> = host.beside.iter().map(|(_, b)| cpu(b.child.id())).collect();
     let bench_before = process_usage(std::process::id());
     let sampler = RssSampler::start(pid);
     let stop_samples = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -898,7 +900,7 @@ async fn measure(
         .beside
         .iter()
         .zip(beside_before)
-        .map(|((role, c), before)| (role.as_str(), cpu(c.id()).saturating_sub(before)))
+        .map(|((role, b), before)| (role.as_str(), cpu(b.child.id()).saturating_sub(before)))
         .collect();
     let bench_after = process_usage(std::process::id());
     let sampled = sampler.stop();

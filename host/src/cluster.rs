@@ -57,6 +57,8 @@ pub enum ClusterError {
     Waited(String),
     #[error("this replica's claim on the key expired before its answer was stored; retry")]
     ClaimLost,
+    #[error("the cancel request is not JSON: {0}")]
+    CancelBody(serde_json::Error),
 }
 
 /// The replicas' shared state in Redis.
@@ -199,8 +201,8 @@ impl Cluster {
         deployment: &str,
         selection: &[u8],
     ) -> Result<usize, ClusterError> {
-        let selection: &serde_json::value::RawValue = serde_json::from_slice(selection)
-            .map_err(|_| ClusterError::Foreign("a cancel body".to_owned()))?;
+        let selection: &serde_json::value::RawValue =
+            serde_json::from_slice(selection).map_err(ClusterError::CancelBody)?;
         let message = serde_json::json!({
             "from": &*self.replica,
             "deployment": deployment,

@@ -220,14 +220,8 @@ impl Replicas {
 
     /// A rollout's status as replica `replica` tells it.
     async fn status_at(&self, replica: &str, rollout_id: &str) -> Value {
-        let answer = client()
-            .get(format!("{}/v1/rollout/{rollout_id}", self.url))
-            .header("x-replica", replica)
-            .send()
+        self.get_at(replica, &format!("/v1/rollout/{rollout_id}"))
             .await
-            .expect("GET status");
-        assert_eq!(answer.headers()[REPLICA], replica);
-        answer.json().await.expect("JSON")
     }
 }
 

@@ -167,7 +167,7 @@ async fn cancel(app: &App, deployment: &Deployment, headers: &HeaderMap, body: B
 }
 
 /// Cancels `selection` among this replica's rollouts of `deployment`.
-pub fn cancel_here(deployment: &Deployment, selection: &Selection) -> Vec<(String, Disposition)> {
+fn cancel_here(deployment: &Deployment, selection: &Selection) -> Vec<(String, Disposition)> {
     let dispositions = deployment
         .live
         .cancel(selection, |id| deployment.idempotency.ended(id).is_some());
