@@ -35,8 +35,8 @@ fn installed(program: &str) -> Command {
     Command::new(program)
 }
 
-/// A `redis-server` with an append-only file synced at every write, in a
-/// directory of its own; stopped on drop.
+/// A `redis-server` with an append-only file written at every write, in a
+/// directory of its own (in memory: see [`memory_dir`]); stopped on drop.
 struct Redis {
     child: Option<Child>,
     port: u16,
@@ -112,6 +112,22 @@ impl Drop for Redis {
     }
 }
 
+/// A directory in memory (tmpfs) where the machine has one. Redis's file
+/// there outlives the Redis process (what the restart test needs) but not
+/// the machine, and no other test's disk writes can stall Redis: with its
+/// file on a shared disk, an `fsync` behind another test's journal held
+/// every Redis answer for seconds, so inits were refused (503) and the
+/// balancer took replicas whose `/health` was slow out of rotation.
+fn memory_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    };
+    dir.expect("tempdir")
+}
+
 /// Redis, `n` replicas named r1..rN and haproxy in front of them.
 struct Replicas {
     hosts: Vec<Server>,
@@ -130,7 +146,7 @@ impl Replicas {
 
     async fn start_serving(agent: &Path, n: usize, args: &[&str]) -> Replicas {
         let serial = Serial::acquire();
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = memory_dir();
         let redis = Redis::start(dir.path());
         let redis_url = redis.url();
         let hosts: Vec<Server> = (1..=n)
@@ -232,7 +248,9 @@ impl Drop for Replicas {
     }
 }
 
-/// Round robin over the replicas, health-checked on `/health`; a request
+/// Round robin over the replicas, health-checked on `/health` (a check
+/// answered within 1 s passes, as a Kubernetes probe's default; three
+/// failed in a row take a replica out); a request
 /// with `x-replica: rN` goes to rN while it is up (so a test can send a
 /// duplicate to another replica than the first). A connection refused
 /// (a replica stopping) is retried on another replica, as a production
@@ -244,7 +262,7 @@ fn haproxy_config(port: u16, hosts: &[Server]) -> String {
          retries 3\n  option redispatch\n\
          frontend rollouts\n  bind 127.0.0.1:{port}\n  default_backend replicas\n\
          backend replicas\n  balance roundrobin\n  option httpchk GET /health\n  \
-         default-server inter 200ms fall 2 rise 1\n"
+         timeout check 1s\n  default-server inter 200ms fall 3 rise 1\n"
     );
     for i in 1..=hosts.len() {
         config.push_str(&format!(
@@ -266,10 +284,36 @@ struct Answer {
     body: Bytes,
 }
 
+/// The inits tried again, by why (status and detail, or the connection
+/// error), so a test that expected none says what refused them.
+#[derive(Default)]
+struct Retries {
+    why: std::sync::Mutex<std::collections::BTreeMap<String, usize>>,
+}
+
+impl Retries {
+    fn add(&self, why: String) {
+        let mut all = self.why.lock().expect("retries");
+        *all.entry(why).or_default() += 1;
+    }
+
+    fn count(&self) -> usize {
+        self.why.lock().expect("retries").values().sum()
+    }
+}
+
+impl std::fmt::Debug for Retries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.why.lock().expect("retries").iter())
+            .finish()
+    }
+}
+
 /// Sends an init through the balancer (to replica `to` when given) as a
 /// trainer does: again after a 503 or 429 (with the same key) or a failed
 /// connection, until answered; `retries` counts the tries again.
-async fn init_via(url: &str, body: &Value, to: Option<&str>, retries: &AtomicUsize) -> Answer {
+async fn init_via(url: &str, body: &Value, to: Option<&str>, retries: &Retries) -> Answer {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let mut request = client()
@@ -279,26 +323,43 @@ async fn init_via(url: &str, body: &Value, to: Option<&str>, retries: &AtomicUsi
         if let Some(to) = to {
             request = request.header("x-replica", to);
         }
-        if let Ok(response) = request.send().await {
-            let status = response.status().as_u16();
-            let replica = response
-                .headers()
-                .get(REPLICA)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            if let Ok(body) = response.bytes().await
-                && !matches!(status, 429 | 502 | 503)
-            {
-                return Answer {
-                    status,
-                    replica,
-                    body,
-                };
+        let why = match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let replica = response
+                    .headers()
+                    .get(REPLICA)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                match response.bytes().await {
+                    Ok(body) if !matches!(status, 429 | 502 | 503) => {
+                        return Answer {
+                            status,
+                            replica,
+                            body,
+                        };
+                    }
+                    Ok(body) => {
+                        let detail = String::from_utf8_lossy(&body);
+                        // Ids and counts vary; the kind of refusal does not.
+                        let detail: String = detail
+                            .chars()
+                            .filter(|c| !c.is_ascii_digit())
+                            .take(160)
+                            .collect();
+                        format!("{status} from '{replica}': {detail}")
+                    }
+                    Err(e) => format!("{status}, body cut: {e}"),
+                }
             }
-        }
-        assert!(Instant::now() < deadline, "init {body} never answered");
-        retries.fetch_add(1, Ordering::Relaxed);
+            Err(e) => format!("no answer: {e}"),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "init {body} never answered: {why}"
+        );
+        retries.add(why);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -333,7 +394,7 @@ async fn each_init_sent_to_two_replicas_runs_once_and_answers_the_same_bytes() {
     const ROLLOUTS: usize = 5_000;
     let trainer = Trainer::calculator("add", 5.0, 3.0, "8").await;
     let replicas = Replicas::start(3, &[]).await;
-    let retries = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(Retries::default());
     let in_flight = Arc::new(Semaphore::new(256));
     let started = Instant::now();
     let sends = (0..ROLLOUTS).map(|i| {
@@ -379,7 +440,7 @@ async fn each_init_sent_to_two_replicas_runs_once_and_answers_the_same_bytes() {
         // One run: the calculator asks the LLM twice (tool call, answer).
         assert_eq!(chats[&id], 2, "{id} ran once");
     }
-    assert_eq!(retries.load(Ordering::Relaxed), 0, "no init was refused");
+    assert_eq!(retries.count(), 0, "no init was refused: {retries:?}");
 
     // A replica that saw neither init knows how the rollout ended.
     for i in (0..ROLLOUTS).step_by(500) {
@@ -416,7 +477,7 @@ async fn a_replica_stopped_mid_run_calls_back_its_rollouts_and_the_others_take_o
     )
     .await;
     let mut replicas = Replicas::start(3, &["--shutdown-grace", "0.3"]).await;
-    let retries = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(Retries::default());
     let in_flight = Arc::new(Semaphore::new(96));
     let answered = Arc::new(AtomicUsize::new(0));
     let sends: Vec<_> = (0..ROLLOUTS)
@@ -501,7 +562,7 @@ async fn a_replica_stopped_mid_run_calls_back_its_rollouts_and_the_others_take_o
          {ended_by_shutdown} ended by its shutdown; r1 {} and r3 {}; {} inits tried again",
         by_replica.get("r1").map_or(0, Vec::len),
         by_replica.get("r3").map_or(0, Vec::len),
-        retries.load(Ordering::Relaxed)
+        retries.count()
     );
     assert!(r2 > 0, "r2 ran rollouts before it stopped");
     assert!(
@@ -519,7 +580,7 @@ async fn a_redis_restart_refuses_inits_meanwhile_and_runs_no_claimed_rollout_twi
     const ROLLOUTS: usize = 1_000;
     let trainer = Trainer::calculator("add", 5.0, 3.0, "8").await;
     let mut replicas = Replicas::start(3, &[]).await;
-    let retries = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(Retries::default());
     let in_flight = Arc::new(Semaphore::new(64));
     let answered = Arc::new(AtomicUsize::new(0));
     let sends: Vec<_> = (0..ROLLOUTS)
@@ -541,7 +602,7 @@ async fn a_redis_restart_refuses_inits_meanwhile_and_runs_no_claimed_rollout_twi
     while answered.load(Ordering::Relaxed) < ROLLOUTS * 3 / 10 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let refused_before = retries.load(Ordering::Relaxed);
+    let refused_before = retries.count();
     let down = Instant::now();
     tokio::task::block_in_place(|| replicas.redis.stop());
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -551,7 +612,7 @@ async fn a_redis_restart_refuses_inits_meanwhile_and_runs_no_claimed_rollout_twi
     for send in sends {
         answers.push(send.await.expect("init task"));
     }
-    let refused = retries.load(Ordering::Relaxed) - refused_before;
+    let refused = retries.count() - refused_before;
     eprintln!(
         "Redis down {:.1} s: {refused} inits refused with 503 and tried again",
         (up - down).as_secs_f64()
@@ -559,7 +620,7 @@ async fn a_redis_restart_refuses_inits_meanwhile_and_runs_no_claimed_rollout_twi
     assert!(refused > 0, "inits sent while Redis was down were refused");
     // A third init of each rollout claimed before the restart, to the
     // replica that saw neither: the first answer, and no new run.
-    let again = Arc::new(AtomicUsize::new(0));
+    let again = Retries::default();
     for (i, first, at) in &answers {
         if *at < down {
             let body = init_body(&format!("redis-{i}"), &trainer);
@@ -589,7 +650,7 @@ async fn a_cancel_sent_to_one_replica_stops_the_rollouts_of_every_replica() {
     // The trainer never answers in time: every rollout waits in its chat.
     let trainer = Trainer::slow(Duration::from_secs(60)).await;
     let replicas = Replicas::start(3, &[]).await;
-    let none = AtomicUsize::new(0);
+    let none = Retries::default();
     for i in 0..9 {
         for step in ["step", "other"] {
             let body = init_body(&format!("{step}-{i}"), &trainer);
