@@ -115,9 +115,9 @@ impl Drop for Redis {
 /// A directory in memory (tmpfs) where the machine has one. Redis's file
 /// there outlives the Redis process (what the restart test needs) but not
 /// the machine, and no other test's disk writes can stall Redis: with its
-/// file on a shared disk, an `fsync` behind another test's journal held
-/// every Redis answer for seconds, so inits were refused (503) and the
-/// balancer took replicas whose `/health` was slow out of rotation.
+/// file on a disk that another process kept busy with `fsync`s, every
+/// Redis answer waited behind them, `/health` was slow and the balancer
+/// took a replica out of rotation within 2 s.
 fn memory_dir() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
     let dir = if shm.is_dir() {
