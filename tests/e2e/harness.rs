@@ -392,6 +392,8 @@ struct TrainerState {
     completed_status: u16,
     chats: Mutex<Vec<Call>>,
     completions: Mutex<Vec<Call>>,
+    /// How many callbacks arrived, for those who wait on it.
+    called_back: tokio::sync::watch::Sender<usize>,
     chat_delay: Duration,
 }
 
@@ -452,6 +454,7 @@ impl Trainer {
             completed_status,
             chats: Mutex::default(),
             completions: Mutex::default(),
+            called_back: tokio::sync::watch::Sender::new(0),
             chat_delay,
         });
         let app = Router::new()
@@ -531,6 +534,12 @@ impl Trainer {
         }
     }
 
+    /// Waits until at least `n` callbacks arrived (the caller bounds the wait).
+    pub async fn called_back(&self, n: usize) {
+        let mut count = self.state.called_back.subscribe();
+        let _ = count.wait_for(|&got| got >= n).await;
+    }
+
     /// The one callback for `rollout_id`, after checking no second one comes.
     pub async fn single_completion(&self, rollout_id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -591,10 +600,13 @@ async fn completed(
     body: Bytes,
 ) -> impl IntoResponse {
     let body: Value = serde_json::from_slice(&body).expect("completion body is JSON");
-    state.completions.lock().unwrap().push(Call {
+    let mut completions = state.completions.lock().unwrap();
+    completions.push(Call {
         authorization: auth(&headers),
         body,
     });
+    state.called_back.send_replace(completions.len());
+    drop(completions);
     StatusCode::from_u16(state.completed_status).unwrap()
 }
 
