@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Rebuilds vendor/wasmtime from the crate published on crates.io plus our
-# patch, or (--check) says whether the committed copy is exactly that.
+# patches, or (--check) says whether the committed copy is exactly that.
 # Needs curl (or the crate already in ~/.cargo/registry/cache).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 VERSION=48.0.8
 SHA256=a2afcadb2e7d0417cb8f3f322c66eff49338b288f22290c0ca0bd3e9570732aa
-PATCH=wasmtime-pagemap-scan-all-regions.patch
+PATCHES=(wasmtime-pagemap-scan-all-regions.patch wasmtime-no-fault-around-on-images.patch)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -21,14 +21,16 @@ fi
 echo "$SHA256  $crate" | sha256sum -c --quiet -
 tar -xzf "$crate" -C "$work"
 rm -f "$work/wasmtime-$VERSION/.cargo-ok"
-patch -s -p1 -d "$work/wasmtime-$VERSION" < "$PATCH"
+for p in "${PATCHES[@]}"; do
+    patch -s -p1 -d "$work/wasmtime-$VERSION" < "$p"
+done
 
 if [[ "${1:-}" == --check ]]; then
     diff -r "$work/wasmtime-$VERSION" wasmtime >/dev/null \
-        && echo "vendor/wasmtime is wasmtime $VERSION + $PATCH" \
-        || { echo "vendor/wasmtime differs from wasmtime $VERSION + $PATCH" >&2; exit 1; }
+        && echo "vendor/wasmtime is wasmtime $VERSION + ${PATCHES[*]}" \
+        || { echo "vendor/wasmtime differs from wasmtime $VERSION + ${PATCHES[*]}" >&2; exit 1; }
 else
     rm -rf wasmtime
     mv "$work/wasmtime-$VERSION" wasmtime
-    echo "vendor/wasmtime rebuilt: wasmtime $VERSION + $PATCH"
+    echo "vendor/wasmtime rebuilt: wasmtime $VERSION + ${PATCHES[*]}"
 fi

@@ -474,6 +474,11 @@ fn new_engine(
     // (beyond what is kept resident) instead of keeping every stack's
     // deepest use resident (a trap's unwinding touches ~80 KiB).
     wasm.async_stack_zeroing(true);
+    // Memory images in shared memory (a memfd), even for a compile-cache
+    // entry mapped from disk: there, the image's mappings can be kept from
+    // faulting around (`vendor/wasmtime`'s fault_around.rs), so each
+    // instance maps only the pages its guest reads.
+    wasm.force_memory_init_memfd(true);
     let slots = slots.max(1);
     // The main pool reuses the least recently used slot rather than a cold
     // one, so the slots ever touched (and their mappings) stay bounded by

@@ -231,6 +231,12 @@ impl Mmap {
                 source_offset,
             )?;
             assert_eq!(map_base.cast(), ptr);
+            #[cfg(all(
+                target_os = "linux",
+                any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64"),
+                feature = "std"
+            ))]
+            super::fault_around::disable(map_base.cast(), memory_len.byte_count());
         };
         Ok(())
     }
