@@ -7,7 +7,8 @@ cd "$(dirname "$0")"
 
 VERSION=48.0.8
 SHA256=a2afcadb2e7d0417cb8f3f322c66eff49338b288f22290c0ca0bd3e9570732aa
-PATCHES=(wasmtime-pagemap-scan-all-regions.patch wasmtime-no-fault-around-on-images.patch)
+PATCHES=(wasmtime-pagemap-scan-all-regions.patch wasmtime-no-fault-around-on-images.patch
+    wasmtime-funcref-code-offsets.patch)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

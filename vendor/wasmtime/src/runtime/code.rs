@@ -11,7 +11,7 @@ use core::ops::{Add, Range, Sub};
 use wasmtime_core::error::OutOfMemory;
 #[cfg(feature = "component-model")]
 use wasmtime_environ::component::ComponentTypes;
-use wasmtime_environ::{FuncKey, ModuleTypes, StaticModuleIndex};
+use wasmtime_environ::{DefinedFuncIndex, FuncKey, ModuleTypes, StaticModuleIndex};
 
 macro_rules! define_pc_kind {
     ($ty:ident) => {
@@ -355,6 +355,19 @@ impl StoreCode {
         Ok(StoreCode(code))
     }
 
+    /// Whether each store's code for `engine` is the engine's own code
+    /// (`StoreCodeStorage::Shared`), as `new` decides.
+    #[inline]
+    pub fn runs_engine_code(engine: &Engine) -> bool {
+        #[cfg(feature = "debug")]
+        return !engine.tunables().debug_guest;
+        #[cfg(not(feature = "debug"))]
+        {
+            let _ = engine;
+            true
+        }
+    }
+
     /// Provide the underlying CodeMemory.
     pub fn code_memory(&self) -> &CodeMemory {
         match &self.0 {
@@ -434,5 +447,29 @@ impl<'a> ModuleWithCode<'a> {
     pub fn function(&self, key: FuncKey) -> &[u8] {
         let range = self.module.compiled_module().function_range(key);
         &self.store_code.text()[range]
+    }
+
+    /// The array-to-wasm trampoline and the body of `module`'s defined
+    /// function `index` as this store runs them, for its `VMFuncRef`. Where
+    /// stores run the engine's own code (no guest debugging), that is found
+    /// without searching the store's registry.
+    #[inline]
+    pub fn funcref_code(
+        registry: &ModuleRegistry,
+        module: &Module,
+        index: DefinedFuncIndex,
+    ) -> [*const u8; 2] {
+        let text = if StoreCode::runs_engine_code(module.engine()) {
+            module.engine_code().text()
+        } else {
+            registry
+                .store_code(module.engine_code())
+                .expect("module not in store")
+                .text()
+        };
+        module
+            .compiled_module()
+            .funcref_offsets(index)
+            .map(|offset| text[offset..].as_ptr())
     }
 }

@@ -25,6 +25,12 @@ pub struct CompiledModule {
     index: Arc<CompiledFunctionsTable>,
     /// Sorted list, by function index, of names we have for this module.
     func_names: Vec<FunctionName>,
+    /// For each defined function, the text offsets of its array-to-wasm
+    /// trampoline and of its body (`u32::MAX`: none), which make its
+    /// `VMFuncRef`. Looked up once here: a `ref.func` or lazy table element
+    /// otherwise searches `index` twice per function per instance, and an
+    /// interpreter's module start makes thousands of them.
+    funcref_offsets: Box<[[u32; 2]]>,
 }
 
 impl CompiledModule {
@@ -58,7 +64,20 @@ impl CompiledModule {
             meta: info.meta,
             index,
             func_names: info.func_names,
+            funcref_offsets: Box::default(),
         };
+        let module_index = ret.module.module_index;
+        let start = |key| ret.index.func_loc(key).map_or(u32::MAX, |loc| loc.start);
+        ret.funcref_offsets = ret
+            .module
+            .defined_func_indices()
+            .map(|i| {
+                [
+                    start(FuncKey::ArrayToWasmTrampoline(module_index, i)),
+                    start(FuncKey::DefinedWasmFunction(module_index, i)),
+                ]
+            })
+            .collect();
         ret.register_profiling(profiler)?;
 
         Ok(ret)
@@ -163,6 +182,16 @@ impl CompiledModule {
             }
             _ => None,
         }
+    }
+
+    /// The text offsets of defined function `index`'s array-to-wasm
+    /// trampoline and of its body: its `VMFuncRef`'s code.
+    #[inline]
+    pub fn funcref_offsets(&self, index: DefinedFuncIndex) -> [usize; 2] {
+        self.funcref_offsets[index.as_u32() as usize].map(|offset| {
+            assert!(offset != u32::MAX, "defined function should be present");
+            offset as usize
+        })
     }
 
     /// Gets the function location information for a given function index.

@@ -880,17 +880,14 @@ impl Instance {
         let func = &module.functions[index];
         let type_index = func.signature.unwrap_engine_type_index();
         let vmctx_offset = self.offsets().vmctx_func_ref(func.func_ref);
-        let array_to_wasm_key = FuncKey::ArrayToWasmTrampoline(module.module_index, def_index);
-        let wasm_key = FuncKey::DefinedWasmFunction(module.module_index, def_index);
-        // SAFETY: the type/offset/keys here are all valid for the defined
-        // function at `def_index`.
+        // SAFETY: the type/offset/function here are all valid for the
+        // defined function at `def_index`.
         unsafe {
             self.initialize_and_return_funcref(
                 registry,
                 type_index,
                 vmctx_offset,
-                array_to_wasm_key,
-                wasm_key,
+                FuncRefCode::Defined(def_index),
             )
         }
     }
@@ -916,8 +913,10 @@ impl Instance {
                 registry,
                 type_index,
                 vmctx_offset,
-                array_to_wasm_key,
-                wasm_key,
+                FuncRefCode::Keys {
+                    array_to_wasm_key,
+                    wasm_key,
+                },
             )
         }
     }
@@ -936,8 +935,7 @@ impl Instance {
         registry: &ModuleRegistry,
         type_index: VMSharedTypeIndex,
         vmctx_offset: u32,
-        array_to_wasm_key: FuncKey,
-        wasm_key: FuncKey,
+        code: FuncRefCode,
     ) -> Option<NonNull<VMFuncRef>> {
         // For now, we eagerly initialize an funcref struct in-place whenever
         // asked for a reference to it. This is mostly fine, because in practice
@@ -960,25 +958,23 @@ impl Instance {
         // it's better for instantiation performance if we don't have to track
         // "is-initialized" state at all!
 
-        let module_with_code = ModuleWithCode::in_store(
-            registry,
-            self.runtime_module()
-                .expect("funcref impossible in fake module"),
-        )
-        .expect("module not in store");
-
-        let array_call =
-            VmPtr::from(NonNull::from(module_with_code.function(array_to_wasm_key)).cast());
-
+        let module = self
+            .runtime_module()
+            .expect("funcref impossible in fake module");
+        let [array_call, wasm_call] = match code {
+            FuncRefCode::Defined(index) => ModuleWithCode::funcref_code(registry, module, index),
+            FuncRefCode::Keys {
+                array_to_wasm_key,
+                wasm_key,
+            } => {
+                let module_with_code =
+                    ModuleWithCode::in_store(registry, module).expect("module not in store");
+                [array_to_wasm_key, wasm_key].map(|key| module_with_code.function(key).as_ptr())
+            }
+        };
+        let array_call = VmPtr::from(NonNull::new(array_call.cast_mut()).unwrap().cast());
         let wasm_call = Some(VmPtr::from(
-            NonNull::new(
-                module_with_code
-                    .function(wasm_key)
-                    .as_ptr()
-                    .cast::<VMWasmCallFunction>()
-                    .cast_mut(),
-            )
-            .unwrap(),
+            NonNull::new(wasm_call.cast::<VMWasmCallFunction>().cast_mut()).unwrap(),
         ));
 
         let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
@@ -1902,4 +1898,15 @@ impl PassiveElementSegment {
     pub(crate) fn elements_mut(&mut self) -> &mut [ValRaw] {
         &mut self.elements
     }
+}
+
+/// Where a `VMFuncRef`'s code is found.
+enum FuncRefCode {
+    /// A defined function: offsets its module looked up once.
+    Defined(DefinedFuncIndex),
+    /// Anything else (a module's start function), by key.
+    Keys {
+        array_to_wasm_key: FuncKey,
+        wasm_key: FuncKey,
+    },
 }

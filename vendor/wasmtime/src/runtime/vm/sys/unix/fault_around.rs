@@ -28,8 +28,8 @@ use std::sync::OnceLock;
 // in the generic encoding (x86-64, aarch64, riscv64).
 const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 const UFFD_API: u64 = 0xAA;
-const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
-const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
+const UFFDIO_API: libc::Ioctl = 0xC018_AA3F_u32 as libc::Ioctl;
+const UFFDIO_REGISTER: libc::Ioctl = 0xC020_AA00_u32 as libc::Ioctl;
 const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
 
 #[repr(C)]
@@ -71,7 +71,7 @@ fn userfaultfd() -> Option<RawFd> {
             ioctls: 0,
         };
         // SAFETY: `api` is the struct this ioctl reads and writes.
-        let ok = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, &mut api) };
+        let ok = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api) };
         (ok == 0).then_some(fd)
     })
     .as_ref()
@@ -93,6 +93,6 @@ pub fn disable(base: *mut u8, len: usize) {
     // range is a mapping this process owns. A failure (EINVAL for a file
     // on disk) leaves the mapping as it was.
     unsafe {
-        libc::ioctl(fd, UFFDIO_REGISTER as _, &mut register);
+        libc::ioctl(fd, UFFDIO_REGISTER, &mut register);
     }
 }
