@@ -303,7 +303,8 @@ async fn an_interpreter_instance_maps_only_the_image_pages_it_reads() {
         eprintln!("{calc}: {per_instance} KiB of the image mapped per instance in flight");
         assert!(
             per_instance < 2048,
-            "{calc}: each instance in flight maps {per_instance} KiB of the image (at most 2 MiB)"
+            "{calc}: each instance in flight maps {per_instance} KiB of the image (at most 2 MiB; \
+             ~6 MiB for Python means the kernel faulted around: is userfaultfd refused here?)"
         );
         let done = trainer
             .wait_completions(IN_FLIGHT, Duration::from_secs(60))
