@@ -262,17 +262,7 @@ async fn past_its_capacity_the_server_answers_429_never_500() {
 /// The pages of the plugin's memory image mapped into the host (resident
 /// file and shared-memory pages), in KiB.
 fn image_pages_kib(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    ["RssFile:", "RssShmem:"]
-        .iter()
-        .map(|field| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or_else(|| panic!("{field} in {status}"))
-        })
-        .sum()
+    server.status_kib("RssFile") + server.status_kib("RssShmem")
 }
 
 /// An interpreter's image is 9-13 MiB and its guest reads scattered pages of
@@ -377,12 +367,7 @@ async fn an_instance_the_kernel_refuses_is_a_retryable_429() {
         let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_AS, &limit, std::ptr::null_mut()) };
         assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
     };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let vm_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmSize:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let vm_kib = server.status_kib("VmSize");
     set_limit((vm_kib << 10) + (2 << 30));
     let response = client()
         .post(format!("{}/v1/rollout/init", server.url))

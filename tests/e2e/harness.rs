@@ -269,6 +269,17 @@ impl Server {
         self.child.id()
     }
 
+    /// A KiB figure of /proc/PID/status (`VmRSS`, `RssFile`, ...).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{field} in {status}"))
+    }
+
     /// Lines of /proc/PID/maps: the process's memory mappings.
     pub fn mappings(&self) -> usize {
         std::fs::read_to_string(format!("/proc/{}/maps", self.pid()))

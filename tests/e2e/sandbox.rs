@@ -205,21 +205,12 @@ async fn cpu_budget_excludes_time_waiting_for_the_trainer() {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// RSS after the same small calculator batch and a pause, so that baseline
 /// and final readings see the allocator in the same state.
-async fn settled_rss(server: &Server, trainer: &Trainer, prefix: &str, pid: u32) -> u64 {
+async fn settled_rss(server: &Server, trainer: &Trainer, prefix: &str) -> u64 {
     calc_batch(server, trainer, prefix, 50).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    rss_kib(pid)
+    server.status_kib("VmRSS")
 }
 
 async fn calc_batch(server: &Server, trainer: &Trainer, prefix: &str, n: usize) -> Vec<Duration> {
@@ -311,7 +302,6 @@ async fn hostile_rollouts_do_not_disturb_the_others_or_leak() {
             "300",
         ],
     );
-    let pid = server.pid();
 
     // Warm up (the first hostile round sets allocator high-water marks:
     // pooled fiber stacks, malloc arenas), then the latency baseline: 200
@@ -377,16 +367,16 @@ async fn hostile_rollouts_do_not_disturb_the_others_or_leak() {
     // so the warm pool and the allocator's arenas are at their high-water
     // mark now: that is the RSS baseline. Three more hostile rounds must
     // leave memory where it was.
-    let baseline_rss = settled_rss(&server, &trainer, "before", pid).await;
+    let baseline_rss = settled_rss(&server, &trainer, "before").await;
     for round in ["again-1", "again-2", "again-3"] {
         let ids = start_hostile_suite(&server, &trainer, round).await;
         expect_errors(&trainer, &ids).await;
         eprintln!(
             "RSS after {round}: {} KiB",
-            settled_rss(&server, &trainer, round, pid).await
+            settled_rss(&server, &trainer, round).await
         );
     }
-    let after = settled_rss(&server, &trainer, "after", pid).await;
+    let after = settled_rss(&server, &trainer, "after").await;
     eprintln!("RSS baseline {baseline_rss} KiB, after three more hostile rounds {after} KiB");
     assert!(
         after <= baseline_rss + baseline_rss / 10,
