@@ -332,7 +332,7 @@ impl StoreCode {
         // of breakpoints (by code patching) independently in each
         // one.
         #[cfg(feature = "debug")]
-        let code = if engine.tunables().debug_guest {
+        let code = if !Self::runs_engine_code(engine) {
             // TODO(#12104): we should be able to clone only `.text`;
             // this clones the whole image.
             let mut private_copy = engine_code.original_code.deep_clone(engine)?;
@@ -356,7 +356,7 @@ impl StoreCode {
     }
 
     /// Whether each store's code for `engine` is the engine's own code
-    /// (`StoreCodeStorage::Shared`), as `new` decides.
+    /// (`StoreCodeStorage::Shared`) rather than a private copy.
     #[inline]
     pub fn runs_engine_code(engine: &Engine) -> bool {
         #[cfg(feature = "debug")]
